@@ -1,0 +1,167 @@
+//! OpenAI-style error objects: `{"error":{"message","type","param","code"}}` with a fitting status.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+/// An error response. Built by handlers and extractors; never a panic.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Human-readable message that says what to do.
+    pub message: String,
+    /// The request field at fault, if one.
+    pub param: Option<String>,
+    /// Machine-readable code (`model_not_found`, `context_length_exceeded`, ...).
+    pub code: &'static str,
+    /// Seconds after which a retry may succeed (sets `Retry-After`).
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: &'static str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            param: None,
+            code,
+            retry_after: None,
+        }
+    }
+
+    /// Names the request field at fault.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// 400: the request is malformed or breaks a limit.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404: no model of that name is served.
+    pub fn model_not_found(name: &str, served: &[String]) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!(
+                "The model `{name}` does not exist or is not served here; served models: {}",
+                served.join(", ")
+            ),
+        )
+        .with_param("model")
+    }
+
+    /// 413: the body is over `limits.max_body_bytes`.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("The request body is larger than the limit of {limit} bytes (limits.max_body_bytes)"),
+        )
+    }
+
+    /// 503 with `Retry-After`: overloaded or not ready yet.
+    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    /// 504: the request ran past `limits.request_timeout_ms`.
+    pub fn timeout(ms: u64) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!("The request did not finish within {ms} ms (limits.request_timeout_ms)"),
+        )
+    }
+
+    /// 500: something failed inside the server; the message says what.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    /// 404 for a path no route serves.
+    pub fn no_route(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("No endpoint at `{path}`; see GET /v1/models and the README for the API"),
+        )
+    }
+
+    /// 405 for a known path called with the wrong method.
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "This endpoint does not accept that HTTP method",
+        )
+    }
+
+    /// The OpenAI `type` for this status.
+    fn kind(&self) -> &'static str {
+        match self.status.as_u16() {
+            503 | 429 => "overloaded_error",
+            500..=599 => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind(),
+                param: self.param.as_deref(),
+                code: self.code,
+            },
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serializes_openai_shape_with_retry_after() {
+        let resp = ApiError::unavailable("queue_full", "busy", 2).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["message"], "busy");
+        assert_eq!(v["error"]["type"], "overloaded_error");
+        assert_eq!(v["error"]["code"], "queue_full");
+        assert!(v["error"]["param"].is_null());
+    }
+}

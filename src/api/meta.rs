@@ -1,0 +1,93 @@
+//! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `GET /ready`.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Serialize;
+
+use super::{ApiError, AppState};
+use crate::registry::ServedModel;
+
+/// One entry of `/v1/models`: OpenAI's fields plus what a benchmarker needs to know.
+#[derive(Serialize)]
+pub struct ModelCard {
+    id: String,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+    task: &'static str,
+    precision: &'static str,
+    device: String,
+    dimensions: usize,
+    max_input_tokens: usize,
+    load_time_ms: u64,
+}
+
+impl ModelCard {
+    fn of(m: &ServedModel) -> Self {
+        Self {
+            id: m.name.clone(),
+            object: "model",
+            created: m.created,
+            owned_by: "wattserve",
+            task: "embedding",
+            precision: m.precision.as_str(),
+            device: m.device.to_string(),
+            dimensions: m.dimensions,
+            max_input_tokens: m.tokenizer.max_tokens(),
+            load_time_ms: m.load_time.as_millis() as u64,
+        }
+    }
+}
+
+/// The `/v1/models` list.
+#[derive(Serialize)]
+pub struct ModelList {
+    object: &'static str,
+    data: Vec<ModelCard>,
+}
+
+/// `GET /v1/models`.
+pub async fn list_models(State(state): State<AppState>) -> Result<Json<ModelList>, ApiError> {
+    let registry = state.registry()?;
+    Ok(Json(ModelList {
+        object: "list",
+        data: registry.iter().map(|m| ModelCard::of(m)).collect(),
+    }))
+}
+
+/// `GET /v1/models/{id}`.
+pub async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ModelCard>, ApiError> {
+    let registry = state.registry()?;
+    registry
+        .get(&id)
+        .map(|m| Json(ModelCard::of(m)))
+        .ok_or_else(|| ApiError::model_not_found(&id, &registry.names()))
+}
+
+/// Liveness and readiness replies.
+#[derive(Serialize)]
+pub struct Status {
+    status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    models: Vec<String>,
+}
+
+/// `GET /health`: the process answers HTTP (liveness). Always 200.
+pub async fn health() -> Json<Status> {
+    Json(Status {
+        status: "ok",
+        models: Vec::new(),
+    })
+}
+
+/// `GET /ready`: every configured model is loaded (readiness). 503 while loading.
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+    let registry = state.registry()?;
+    Ok(Json(Status {
+        status: "ready",
+        models: registry.names(),
+    }))
+}

@@ -1,0 +1,313 @@
+//! Server configuration: an optional TOML file, overridden by environment variables
+//! (`WATTSERVE_*`) and command-line flags, validated once at start.
+//!
+//! Precedence, highest first: CLI flag, environment variable, config file, built-in default.
+//! (clap merges the first two into [`Overrides`].)
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration cannot be used. Every variant names the file and/or field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema (unknown field, wrong type).
+    #[error("{path}:{line}:{column}: {message}{context}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column of the problem.
+        column: usize,
+        /// What is wrong.
+        message: String,
+        /// The offending line, quoted, when known.
+        context: String,
+    },
+    /// A value parses but is not acceptable.
+    #[error("{source_name}: `{field}` {message}")]
+    Invalid {
+        /// Where the value came from (a file path, or "command line / environment").
+        source_name: String,
+        /// The dotted field name, e.g. `limits.max_body_bytes`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The whole server configuration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listening address and model selection.
+    pub server: ServerConfig,
+    /// Request limits.
+    pub limits: Limits,
+    /// Compute runtime knobs.
+    pub runtime: RuntimeConfig,
+}
+
+/// `[server]`: where to listen and what to serve.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Interface to bind. Default `127.0.0.1`; use `0.0.0.0` in containers.
+    pub host: String,
+    /// TCP port; 0 picks a free one. Default 8080.
+    pub port: u16,
+    /// The model repository: one folder per model with a `model.toml`. Default `models`.
+    pub models_dir: PathBuf,
+    /// Folder names of the models to serve; empty = every folder with a `model.toml`.
+    pub models: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            models_dir: PathBuf::from("models"),
+            models: Vec::new(),
+        }
+    }
+}
+
+/// `[limits]`: what one request may ask for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body in bytes (413 beyond). Default 2 MiB.
+    pub max_body_bytes: usize,
+    /// Most inputs in one embeddings request (400 beyond). Default 2048, as OpenAI.
+    pub max_inputs_per_request: usize,
+    /// Time from arrival to response before the server answers 504. Default 60000 ms.
+    pub request_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 2 * 1024 * 1024,
+            max_inputs_per_request: 2048,
+            request_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Limits {
+    /// `request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// `[runtime]`: compute threads.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads candle's CPU kernels use; 0 = one per core (or `RAYON_NUM_THREADS` when set).
+    pub threads: usize,
+}
+
+/// Values given on the command line or in `WATTSERVE_*` variables; `None` leaves the file's
+/// (or the default) value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--host` / `WATTSERVE_HOST`.
+    pub host: Option<String>,
+    /// `--port` / `WATTSERVE_PORT`.
+    pub port: Option<u16>,
+    /// `--models-dir` / `WATTSERVE_MODELS_DIR`.
+    pub models_dir: Option<PathBuf>,
+    /// `--model` (repeatable) / `WATTSERVE_MODELS` (comma-separated).
+    pub models: Vec<String>,
+    /// `--threads` / `WATTSERVE_THREADS`.
+    pub threads: Option<usize>,
+}
+
+/// The file read when no `--config` is given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "wattserve.toml";
+
+impl Config {
+    /// Reads `file` (or `wattserve.toml` in the working directory when `file` is `None` and it
+    /// exists), applies `overrides`, validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                Self::from_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.validate(&file.map_or_else(
+            || "command line / environment".to_string(),
+            |p| p.display().to_string(),
+        ))?;
+        Ok(config)
+    }
+
+    /// Parses a TOML file, reporting line, column and the offending line on error.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        parse_toml(path, &text)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(h) = &o.host {
+            self.server.host = h.clone();
+        }
+        if let Some(p) = o.port {
+            self.server.port = p;
+        }
+        if let Some(d) = &o.models_dir {
+            self.server.models_dir = d.clone();
+        }
+        if !o.models.is_empty() {
+            self.server.models = o.models.clone();
+        }
+        if let Some(t) = o.threads {
+            self.runtime.threads = t;
+        }
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: &str| ConfigError::Invalid {
+            source_name: source_name.to_string(),
+            field: field.to_string(),
+            message: message.to_string(),
+        };
+        if self.server.host.trim().is_empty() {
+            return Err(invalid("server.host", "must not be empty"));
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err(invalid("limits.max_body_bytes", "must be at least 1"));
+        }
+        if self.limits.max_inputs_per_request == 0 {
+            return Err(invalid(
+                "limits.max_inputs_per_request",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.request_timeout_ms == 0 {
+            return Err(invalid("limits.request_timeout_ms", "must be at least 1"));
+        }
+        if let Some(bad) = self.server.models.iter().find(|m| m.trim().is_empty()) {
+            return Err(invalid(
+                "server.models",
+                &format!("contains an empty name {bad:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes TOML text into `T`, turning errors into [`ConfigError::Parse`] with line and
+/// column. Shared by the server config and the model repository's `model.toml` files.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column, context) = match e.span() {
+            Some(span) => {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                let src_line = text.lines().nth(line - 1).unwrap_or("").trim();
+                let context = if src_line.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (in `{src_line}`)")
+                };
+                (line, column, context)
+            }
+            None => (1, 1, String::new()),
+        };
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+            context,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::default();
+        assert_eq!(c.server.port, 8080);
+        assert_eq!(c.server.host, "127.0.0.1");
+        assert_eq!(c.limits.max_body_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.limits.max_inputs_per_request, 2048);
+        assert_eq!(c.limits.request_timeout(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn overrides_beat_the_file() {
+        let f = write("[server]\nport = 9000\nhost = \"0.0.0.0\"\n[limits]\nmax_body_bytes = 10\n");
+        let o = Overrides {
+            port: Some(9100),
+            ..Default::default()
+        };
+        let c = Config::load(Some(f.path()), &o).unwrap();
+        assert_eq!(c.server.port, 9100);
+        assert_eq!(c.server.host, "0.0.0.0");
+        assert_eq!(c.limits.max_body_bytes, 10);
+    }
+
+    #[test]
+    fn unknown_field_names_file_line_and_field() {
+        let f = write("[server]\nport = 9000\nprot = 1\n");
+        let err = Config::load(Some(f.path()), &Overrides::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        assert!(msg.contains(":3:"), "{msg}");
+        assert!(msg.contains("prot"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_quotes_the_line() {
+        let f = write("[server]\nport = \"eighty\"\n");
+        let msg = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(":2:"), "{msg}");
+        assert!(msg.contains("port = \"eighty\""), "{msg}");
+    }
+
+    #[test]
+    fn zero_limits_are_rejected_by_name() {
+        let f = write("[limits]\nmax_inputs_per_request = 0\n");
+        let msg = Config::load(Some(f.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("limits.max_inputs_per_request"), "{msg}");
+    }
+}

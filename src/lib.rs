@@ -1,0 +1,16 @@
+//! wattserve: a model-inference server that tells you what every request cost.
+//!
+//! The library holds everything; the `wattserve` binary is a thin CLI over it, and the
+//! integration tests and benchmarks use it directly. Dependencies point one way:
+//! [`api`] → [`batch`] → [`engine`] (→ the `wattserve-kernels` crate).
+
+pub mod api;
+pub mod batch;
+pub mod config;
+pub mod engine;
+pub mod registry;
+pub mod repository;
+pub mod server;
+
+pub use config::Config;
+pub use server::{ServeError, Server};

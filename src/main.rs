@@ -1,0 +1,135 @@
+//! The `wattserve` command line: `wattserve serve ...`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use wattserve::config::{Config, Overrides};
+use wattserve::{ServeError, Server};
+
+#[derive(Parser)]
+#[command(
+    name = "wattserve",
+    version,
+    about = "An inference server that tells you what every request costs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the models of the model repository over an OpenAI-compatible HTTP API.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Config file (TOML). Default: ./wattserve.toml when it exists.
+    #[arg(long, env = "WATTSERVE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Interface to bind [default: 127.0.0.1].
+    #[arg(long, env = "WATTSERVE_HOST")]
+    host: Option<String>,
+    /// TCP port, 0 for any free one [default: 8080].
+    #[arg(long, env = "WATTSERVE_PORT")]
+    port: Option<u16>,
+    /// The model repository [default: models].
+    #[arg(long, env = "WATTSERVE_MODELS_DIR")]
+    models_dir: Option<PathBuf>,
+    /// Serve only this model folder (repeatable; env: comma-separated) [default: all].
+    #[arg(long = "model", env = "WATTSERVE_MODELS", value_delimiter = ',')]
+    models: Vec<String>,
+    /// CPU compute threads, 0 = one per core [default: 0].
+    #[arg(long, env = "WATTSERVE_THREADS")]
+    threads: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WATTSERVE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let overrides = Overrides {
+        host: args.host,
+        port: args.port,
+        models_dir: args.models_dir,
+        models: args.models,
+        threads: args.threads,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.runtime.threads > 0 {
+        // candle's CPU kernels size their pool from this variable; set before any pool exists.
+        std::env::set_var("RAYON_NUM_THREADS", config.runtime.threads.to_string());
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let server = Server::bind(&config).await?;
+        server.run(shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ (ServeError::Config(_) | ServeError::Load(_))) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,146 @@
+//! The models this process serves: each loaded from its model.toml into an engine behind a
+//! scheduler, plus what the API needs to validate requests without touching the engine.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::batch::EmbeddingScheduler;
+use crate::engine::embedding_model::EmbeddingLoadOptions;
+use crate::engine::{DeviceSpec, EmbeddingModel, EmbeddingTokenizer, EngineError, Precision};
+use crate::repository::{ModelEntry, Task, WeightFormat};
+
+/// A model that failed to load, with the file that configured it.
+#[derive(Debug, thiserror::Error)]
+#[error("model `{model}` ({file}): {source}")]
+pub struct LoadError {
+    /// The model's name.
+    pub model: String,
+    /// Its model.toml.
+    pub file: PathBuf,
+    /// What went wrong.
+    pub source: Box<EngineError>,
+}
+
+/// One served embedding model.
+pub struct ServedModel {
+    /// The OpenAI `model` name.
+    pub name: String,
+    /// Precision it runs at (`x-precision`).
+    pub precision: Precision,
+    /// Device it runs on.
+    pub device: DeviceSpec,
+    /// Embedding width.
+    pub dimensions: usize,
+    /// Tokenizer for request validation (runs on the blocking pool).
+    pub tokenizer: EmbeddingTokenizer,
+    /// The compute queue.
+    pub scheduler: EmbeddingScheduler,
+    /// Unix time the model became ready (`created` in /v1/models).
+    pub created: u64,
+    /// How long loading took.
+    pub load_time: Duration,
+}
+
+/// All served models by name.
+#[derive(Default)]
+pub struct Registry {
+    models: BTreeMap<String, Arc<ServedModel>>,
+}
+
+impl Registry {
+    /// Loads every entry (blocking: call from a blocking thread). Fails on the first model that
+    /// cannot be loaded.
+    pub fn load(entries: &[ModelEntry]) -> Result<Self, LoadError> {
+        let mut models = BTreeMap::new();
+        for entry in entries {
+            let served = load_one(entry).map_err(|source| LoadError {
+                model: entry.spec.name.clone(),
+                file: entry.file.clone(),
+                source: Box::new(source),
+            })?;
+            models.insert(served.name.clone(), Arc::new(served));
+        }
+        Ok(Self { models })
+    }
+
+    /// The model called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<ServedModel>> {
+        self.models.get(name)
+    }
+
+    /// All models, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ServedModel>> {
+        self.models.values()
+    }
+
+    /// Served model names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.models.keys().cloned().collect()
+    }
+}
+
+fn load_one(entry: &ModelEntry) -> Result<ServedModel, EngineError> {
+    let spec = &entry.spec;
+    let start = Instant::now();
+    match (spec.task, spec.format) {
+        (Task::Embedding, WeightFormat::Safetensors) => {}
+        (Task::Embedding, WeightFormat::Gguf) => {
+            return Err(EngineError::Unsupported(
+                "format = \"gguf\" is not supported for embedding models (use safetensors)".into(),
+            ))
+        }
+        (Task::Generation, _) => {
+            return Err(EngineError::Unsupported(
+                "task = \"generation\" is not supported by this version of wattserve yet".into(),
+            ))
+        }
+    }
+    if !entry.weights.is_dir() {
+        return Err(EngineError::Config {
+            path: entry.weights.clone(),
+            message:
+                "weights folder is missing (path = ...; run models/fetch.sh for the default models)"
+                    .into(),
+        });
+    }
+    let model = EmbeddingModel::load(&EmbeddingLoadOptions {
+        weights_dir: entry.weights.clone(),
+        precision: spec.precision,
+        device: spec.device,
+        pooling: spec.pooling,
+        normalize: spec.normalize,
+        max_tokens: spec.max_tokens,
+    })?;
+    let tokenizer = model.tokenizer().clone();
+    let dimensions = model.dimensions();
+    let scheduler = EmbeddingScheduler::start(&spec.name, Box::new(model), &spec.batching)
+        .map_err(|source| EngineError::Io {
+            path: entry.file.clone(),
+            source,
+        })?;
+    let load_time = start.elapsed();
+    tracing::info!(
+        model = %spec.name,
+        precision = %spec.precision,
+        device = %spec.device,
+        dimensions,
+        max_tokens = tokenizer.max_tokens(),
+        load_ms = load_time.as_millis() as u64,
+        "model loaded"
+    );
+    Ok(ServedModel {
+        name: spec.name.clone(),
+        precision: spec.precision,
+        device: spec.device,
+        dimensions,
+        tokenizer,
+        scheduler,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        load_time,
+    })
+}

@@ -1,0 +1,142 @@
+//! Helpers shared by the integration tests: where the models and fixtures are, and a real server
+//! on 127.0.0.1:0.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use wattserve::config::{Config, Overrides};
+use wattserve::Server;
+
+/// The repository's `models/` folder.
+pub fn models_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+/// `../shared/fixtures`, next to the checkout (or `WATTSERVE_FIXTURES`).
+pub fn fixtures_dir() -> PathBuf {
+    std::env::var_os("WATTSERVE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
+}
+
+/// True when the minilm weights are present; otherwise prints why the test is skipped.
+/// `make test` fetches them first, so in CI this is always true.
+pub fn minilm_available() -> bool {
+    let ok = models_dir()
+        .join("minilm/weights/model.safetensors")
+        .is_file();
+    if !ok {
+        eprintln!(
+            "SKIPPED: models/minilm/weights missing; run models/fetch.sh minilm (make test does)"
+        );
+    }
+    ok
+}
+
+/// One fixture sentence with its sentence-transformers embedding.
+#[derive(serde::Deserialize)]
+pub struct RefItem {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub embedding: Vec<f32>,
+}
+
+#[derive(serde::Deserialize)]
+struct RefFile {
+    items: Vec<RefItem>,
+}
+
+/// The minilm reference fixture.
+pub fn minilm_reference() -> Vec<RefItem> {
+    let path = fixtures_dir().join("minilm_reference.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str::<RefFile>(&text).unwrap().items
+}
+
+/// Cosine similarity.
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+/// Largest absolute element-wise difference.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A server running in this process on 127.0.0.1:0; shut down on drop (or with `stop`).
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), wattserve::ServeError>>>,
+}
+
+impl TestServer {
+    /// Starts a server over the repository's models with `edit` applied to the config, and waits
+    /// until `/ready`.
+    pub async fn start(edit: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::load(None, &Overrides::default()).unwrap();
+        config.server.host = "127.0.0.1".into();
+        config.server.port = 0;
+        config.server.models_dir = models_dir();
+        config.server.models = vec!["minilm".into()];
+        edit(&mut config);
+        let server = Server::bind(&config).await.unwrap();
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = rx.await;
+        }));
+        let me = Self {
+            addr,
+            stop: Some(tx),
+            task: Some(task),
+        };
+        me.wait_ready().await;
+        me
+    }
+
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = client.get(self.url("/ready")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "server not ready within 120 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `http://addr{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Graceful shutdown; returns the server's result.
+    pub async fn stop(mut self) -> Result<(), wattserve::ServeError> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}

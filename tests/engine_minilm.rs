@@ -1,0 +1,88 @@
+//! Numerics of the BERT encoder against sentence-transformers' own output on the same weights.
+
+mod common;
+
+use common::*;
+use wattserve::engine::embedding_model::EmbeddingLoadOptions;
+use wattserve::engine::{DeviceSpec, Embedder, EmbeddingModel, Precision};
+
+fn load() -> Option<EmbeddingModel> {
+    if !minilm_available() {
+        return None;
+    }
+    let opts = EmbeddingLoadOptions {
+        weights_dir: models_dir().join("minilm/weights"),
+        precision: Precision::F32,
+        device: DeviceSpec::Cpu,
+        pooling: None,
+        normalize: None,
+        max_tokens: None,
+    };
+    Some(EmbeddingModel::load(&opts).expect("minilm loads"))
+}
+
+#[test]
+fn token_ids_match_the_reference_tokenizer() {
+    let Some(model) = load() else { return };
+    for item in minilm_reference() {
+        let ours = model.tokenizer().encode(&item.text, true).unwrap();
+        // The fixture's ids come from tokenizer.json's own settings: padded with 0 to 128 and
+        // truncated at 128. Ours are neither padded nor truncated at 128.
+        let theirs: Vec<u32> = item
+            .token_ids
+            .iter()
+            .copied()
+            .take_while(|&t| t != 0)
+            .collect();
+        if theirs.len() < 128 {
+            assert_eq!(ours, theirs, "token ids of {:?}", item.text);
+        } else {
+            // Long input: same first 127 tokens; ours keeps going up to the 256 limit.
+            assert_eq!(&ours[..127], &theirs[..127], "token ids of {:?}", item.text);
+            assert!(
+                ours.len() > 128,
+                "long input truncated at 128: {}",
+                ours.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn one_by_one_embeddings_match_sentence_transformers() {
+    let Some(model) = load() else { return };
+    let items = minilm_reference();
+    let mut worst_cos = 1.0f64;
+    let mut worst_abs = 0.0f32;
+    for item in &items {
+        let got = &model.embed(&[item.text.as_str()]).unwrap()[0];
+        assert_eq!(got.len(), 384);
+        let c = cosine(got, &item.embedding);
+        let d = max_abs_diff(got, &item.embedding);
+        assert!(c >= 0.9999, "cosine {c} for {:?}", item.text);
+        assert!(d <= 1e-4, "max abs diff {d} for {:?}", item.text);
+        worst_cos = worst_cos.min(c);
+        worst_abs = worst_abs.max(d);
+    }
+    eprintln!("minilm f32 vs sentence-transformers: min cosine {worst_cos:.9}, max abs diff {worst_abs:.3e}");
+}
+
+#[test]
+fn batched_equals_one_by_one() {
+    let Some(model) = load() else { return };
+    let items = minilm_reference();
+    let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
+    let batched = model.embed(&texts).unwrap();
+    assert_eq!(batched.len(), texts.len());
+    for (i, text) in texts.iter().enumerate() {
+        let single = &model.embed(&[text]).unwrap()[0];
+        let d = max_abs_diff(single, &batched[i]);
+        assert!(d <= 1e-5, "batched vs single differ by {d} for {text:?}");
+    }
+}
+
+#[test]
+fn embed_tokens_of_an_empty_batch_is_empty() {
+    let Some(model) = load() else { return };
+    assert!(model.embed_tokens(&[]).unwrap().is_empty());
+}
