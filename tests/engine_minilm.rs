@@ -86,3 +86,38 @@ fn embed_tokens_of_an_empty_batch_is_empty() {
     let Some(model) = load() else { return };
     assert!(model.embed_tokens(&[]).unwrap().is_empty());
 }
+
+#[test]
+fn half_precisions_stay_close_to_f32_and_never_nan() {
+    if !minilm_available() {
+        return;
+    }
+    let items = minilm_reference();
+    let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
+    for precision in [Precision::F16, Precision::Bf16] {
+        let model = EmbeddingModel::load(&EmbeddingLoadOptions {
+            weights_dir: models_dir().join("minilm/weights"),
+            precision,
+            device: DeviceSpec::Cpu,
+            pooling: None,
+            normalize: None,
+            max_tokens: None,
+        })
+        .unwrap();
+        // Batched, so that padding (the masked positions) is exercised.
+        let got = model.embed(&texts).unwrap();
+        let worst = items
+            .iter()
+            .zip(&got)
+            .map(|(item, v)| {
+                assert!(
+                    v.iter().all(|x| x.is_finite()),
+                    "{precision}: non-finite value"
+                );
+                cosine(v, &item.embedding)
+            })
+            .fold(1.0f64, f64::min);
+        eprintln!("minilm {precision} vs sentence-transformers fp32: min cosine {worst:.5}");
+        assert!(worst >= 0.99, "{precision}: min cosine {worst}");
+    }
+}
