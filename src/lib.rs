@@ -6,8 +6,10 @@
 
 pub mod api;
 pub mod batch;
+pub mod bench;
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod registry;
 pub mod repository;
 pub mod server;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use wattserve::bench::BenchError;
 use wattserve::config::{Config, Overrides};
 use wattserve::{ServeError, Server};
 
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Serve the models of the model repository over an OpenAI-compatible HTTP API.
     Serve(ServeArgs),
+    /// Load-test a server (at --url, or one started in-process) and report throughput and latency.
+    Bench(Box<wattserve::bench::BenchArgs>),
 }
 
 #[derive(clap::Args)]
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
     init_logging();
     match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Bench(args) => bench(&args),
     }
 }
 
@@ -107,6 +111,62 @@ fn serve(args: ServeArgs) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(args: &wattserve::bench::BenchArgs) -> ExitCode {
+    if let Some(t) = args.threads {
+        set_compute_threads(t);
+    }
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(wattserve::bench::run(args)) {
+        Ok(report) => {
+            print!("{}", wattserve::bench::report::table(&report));
+            if let Some(path) = &args.json {
+                let written = serde_json::to_string_pretty(&report)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| std::fs::write(path, s).map_err(|e| e.to_string()));
+                if let Err(e) = written {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(
+            e @ (BenchError::Usage(_)
+            | BenchError::Serve(ServeError::Config(_) | ServeError::Load(_))),
+        ) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// candle's CPU kernels size their pool from `RAYON_NUM_THREADS`; set it before any pool exists
+/// (0 leaves the default: one thread per core).
+fn set_compute_threads(threads: usize) {
+    if threads > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            None
         }
     }
 }

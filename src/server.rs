@@ -44,6 +44,15 @@ impl Server {
     /// Validates the model repository and binds `server.host:server.port`.
     pub async fn bind(config: &Config) -> Result<Self, ServeError> {
         let entries = discover(&config.server.models_dir, &config.server.models)?;
+        Self::bind_entries(config, entries).await
+    }
+
+    /// Binds with an explicit list of models (e.g. the benchmark adds variants of a model).
+    pub async fn bind_entries(
+        config: &Config,
+        entries: Vec<ModelEntry>,
+    ) -> Result<Self, ServeError> {
+        crate::metrics::install();
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
             .await

@@ -84,14 +84,28 @@ enum Encoding {
 pub async fn create(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
-) -> Result<Response, ApiError> {
+) -> Response {
     let started = Instant::now();
+    // Metric label: the model's name when served, else one fixed label (no unbounded cardinality).
+    let label = state
+        .registry()
+        .ok()
+        .and_then(|r| r.get(&req.model))
+        .map_or_else(|| "unknown".to_string(), |m| m.name.clone());
     let timeout = state.limits().request_timeout();
-    match tokio::time::timeout(timeout, serve(&state, req, started)).await {
-        Ok(result) => result,
-        // Dropping `serve` drops the reply receiver: the scheduler skips the job if not started.
-        Err(_) => Err(ApiError::timeout(state.limits().request_timeout_ms)),
-    }
+    let resp = match tokio::time::timeout(timeout, serve(&state, req, started)).await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => e.into_response(),
+        // Dropping `serve` drops the reply receiver: the scheduler skips inputs not yet computed.
+        Err(_) => ApiError::timeout(state.limits().request_timeout_ms).into_response(),
+    };
+    crate::metrics::record_request(
+        &label,
+        "embeddings",
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
 }
 
 async fn serve(
@@ -135,6 +149,7 @@ async fn serve(
         .await
         .map_err(|e| ApiError::internal(format!("tokenization task failed: {e}")))??;
     let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
+    crate::metrics::record_tokens(&model.name, "prompt", prompt_tokens);
 
     let output = run(&model, ids).await?;
     let data = output

@@ -1,6 +1,8 @@
-//! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `GET /ready`.
+//! `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`, `GET /ready`, `GET /metrics`.
 
 use axum::extract::{Path, State};
+use axum::http::header;
+use axum::response::IntoResponse;
 use axum::Json;
 use serde::Serialize;
 
@@ -90,4 +92,19 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiErr
         status: "ready",
         models: registry.names(),
     }))
+}
+
+/// `GET /metrics`: Prometheus text exposition format.
+pub async fn metrics() -> Result<impl IntoResponse, ApiError> {
+    let handle = crate::metrics::install().ok_or_else(|| {
+        ApiError::internal("metrics are disabled: another metrics recorder was installed first")
+    })?;
+    handle.run_upkeep();
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    ))
 }

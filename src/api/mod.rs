@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(meta::get_model))
         .route("/health", get(meta::health))
         .route("/ready", get(meta::ready))
+        .route("/metrics", get(meta::metrics))
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))

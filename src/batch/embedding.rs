@@ -1,13 +1,22 @@
-//! The embedding scheduler: one compute thread per model, a bounded queue in front of it.
+//! The embedding scheduler: dynamic batching across requests on one compute thread per model.
 //!
-//! A job (one request) is split into batches of at most `max_batch_size` inputs and
-//! `max_batch_tokens` padded tokens; inputs are grouped by length so that padding stays small, and
-//! the results are put back in request order. A job whose caller has gone (client disconnect,
-//! timeout) is dropped before it is computed. A failing or panicking batch fails only its job.
+//! Requests are split into items (one per input). The batch loop, which alone owns the queue,
+//! waits after the first item arrives at most `max_queue_delay_ms` for more (less when a full batch
+//! is already there), then forms a batch of at most `max_batch_size` items and `max_batch_tokens`
+//! padded tokens (longest × count). The oldest waiting item is always in the next batch, and the
+//! rest are chosen, among the next waiting items, by closeness of length to it: padding stays small
+//! and no item waits behind more batches than there were items ahead of it. A request's items may
+//! ride in different batches; its reply is reassembled in input order.
+//!
+//! Admission is bounded: at most `queue_capacity` requests are admitted and unanswered at once;
+//! more are refused at once ([`SchedulerError::QueueFull`], HTTP 503). A request whose caller has
+//! gone (client disconnect, timeout: the reply receiver is dropped) has its not-yet-computed items
+//! dropped before compute. An engine error or panic fails the requests of that batch only.
 
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,12 +24,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::engine::Embedder;
+use crate::metrics as m;
 use crate::repository::BatchingSpec;
 
-/// Why a job produced no embeddings.
+/// Why a request produced no embeddings.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchedulerError {
-    /// The queue is at `queue_capacity`; the caller should retry later (HTTP 503).
+    /// `queue_capacity` requests are already admitted; the caller should retry later (HTTP 503).
     #[error("the queue of model `{model}` is full ({capacity} requests waiting)")]
     QueueFull {
         /// The model.
@@ -28,10 +38,10 @@ pub enum SchedulerError {
         /// Its queue capacity.
         capacity: usize,
     },
-    /// The engine returned an error for this job's batch.
+    /// The engine returned an error for a batch holding this request's inputs.
     #[error("inference failed: {0}")]
     Engine(String),
-    /// The engine panicked while computing this job's batch; the model keeps serving.
+    /// The engine panicked on a batch holding this request's inputs; the model keeps serving.
     #[error("inference panicked: {0}")]
     Panicked(String),
     /// The scheduler is shutting down.
@@ -39,96 +49,116 @@ pub enum SchedulerError {
     Stopped(String),
 }
 
-/// What a job gets back.
+/// What a request gets back.
 #[derive(Debug, Clone)]
 pub struct EmbedOutput {
     /// One vector per input, in input order.
     pub embeddings: Vec<Vec<f32>>,
-    /// Largest number of inputs computed together in one forward pass for this job.
+    /// Largest batch (items computed together in one forward pass) any of its inputs rode in.
     pub batch_size: usize,
-    /// Time between submission and the start of compute.
+    /// Time from submission to the start of the first batch holding one of its inputs.
     pub queue_time: Duration,
-    /// Time spent in forward passes.
+    /// Wall time of the batches holding its inputs, summed.
     pub compute_time: Duration,
 }
 
-struct Job {
+type Reply = oneshot::Sender<Result<EmbedOutput, SchedulerError>>;
+
+struct Submission {
     inputs: Vec<Vec<u32>>,
     submitted: Instant,
-    reply: oneshot::Sender<Result<EmbedOutput, SchedulerError>>,
+    reply: Reply,
 }
 
-/// Handle to one model's scheduler. Dropping it stops the compute thread after the queued jobs.
+/// Handle to one model's scheduler. Dropping it lets the compute thread finish what is queued,
+/// then joins it.
 pub struct EmbeddingScheduler {
     model: String,
-    tx: Option<SyncSender<Job>>,
-    depth: Arc<AtomicUsize>,
+    tx: Option<Sender<Submission>>,
+    admitted: Arc<AtomicUsize>,
+    waiting_items: Arc<AtomicUsize>,
     capacity: usize,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EmbeddingScheduler {
-    /// Starts the compute thread for `engine`, named after the model.
+    /// Starts the batch loop for `engine` on a thread named after the model.
     pub fn start(
         model: &str,
         engine: Box<dyn Embedder>,
         batching: &BatchingSpec,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel::<Job>(batching.queue_capacity);
-        let depth = Arc::new(AtomicUsize::new(0));
-        let worker = Worker {
+        let (tx, rx) = channel::<Submission>();
+        let admitted = Arc::new(AtomicUsize::new(0));
+        let waiting_items = Arc::new(AtomicUsize::new(0));
+        let batch_loop = BatchLoop {
+            model: model.to_string(),
             engine,
-            depth: depth.clone(),
+            rx,
             max_batch_size: batching.max_batch_size,
             max_batch_tokens: batching.max_batch_tokens,
+            max_delay: Duration::from_millis(batching.max_queue_delay_ms),
+            window: (batching.max_batch_size * 8).max(64),
+            admitted: admitted.clone(),
+            waiting_items: waiting_items.clone(),
+            jobs: HashMap::new(),
+            pending: VecDeque::new(),
+            next_job: 0,
         };
         let thread = std::thread::Builder::new()
-            .name(format!("compute-{model}"))
-            .spawn(move || worker.run(rx))?;
+            .name(format!("batch-{model}"))
+            .spawn(move || batch_loop.run())?;
         Ok(Self {
             model: model.to_string(),
             tx: Some(tx),
-            depth,
+            admitted,
+            waiting_items,
             capacity: batching.queue_capacity,
             thread: Some(thread),
         })
     }
 
-    /// Queues a job without waiting; the receiver yields its result. Refuses at once when the
-    /// queue is full.
+    /// Admits a request without waiting; the receiver yields its result. Refuses at once when
+    /// `queue_capacity` requests are already admitted and unanswered.
     pub fn submit(
         &self,
         inputs: Vec<Vec<u32>>,
     ) -> Result<oneshot::Receiver<Result<EmbedOutput, SchedulerError>>, SchedulerError> {
-        let (reply, rx) = oneshot::channel();
-        let job = Job {
-            inputs,
-            submitted: Instant::now(),
-            reply,
-        };
         let tx = self
             .tx
             .as_ref()
             .ok_or_else(|| SchedulerError::Stopped(self.model.clone()))?;
-        self.depth.fetch_add(1, Ordering::SeqCst);
-        match tx.try_send(job) {
-            Ok(()) => Ok(rx),
-            Err(e) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
-                Err(match e {
-                    TrySendError::Full(_) => SchedulerError::QueueFull {
-                        model: self.model.clone(),
-                        capacity: self.capacity,
-                    },
-                    TrySendError::Disconnected(_) => SchedulerError::Stopped(self.model.clone()),
-                })
-            }
+        let admitted = self
+            .admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.capacity).then_some(n + 1)
+            });
+        if admitted.is_err() {
+            return Err(SchedulerError::QueueFull {
+                model: self.model.clone(),
+                capacity: self.capacity,
+            });
         }
+        let (reply, rx) = oneshot::channel();
+        let n = inputs.len();
+        self.waiting_items.fetch_add(n, Ordering::SeqCst);
+        let sub = Submission {
+            inputs,
+            submitted: Instant::now(),
+            reply,
+        };
+        if tx.send(sub).is_err() {
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            self.waiting_items.fetch_sub(n, Ordering::SeqCst);
+            return Err(SchedulerError::Stopped(self.model.clone()));
+        }
+        m::set_queue_depth(&self.model, self.waiting_items.load(Ordering::SeqCst));
+        Ok(rx)
     }
 
-    /// Jobs waiting for compute.
+    /// Inputs admitted and not yet computed.
     pub fn queue_depth(&self) -> usize {
-        self.depth.load(Ordering::SeqCst)
+        self.waiting_items.load(Ordering::SeqCst)
     }
 }
 
@@ -141,104 +171,340 @@ impl Drop for EmbeddingScheduler {
     }
 }
 
-struct Worker {
+/// A request inside the batch loop.
+struct Job {
+    inputs: Vec<Vec<u32>>,
+    results: Vec<Option<Vec<f32>>>,
+    remaining: usize,
+    submitted: Instant,
+    first_start: Option<Instant>,
+    compute_time: Duration,
+    batch_size: usize,
+    reply: Reply,
+}
+
+/// One input waiting for compute.
+#[derive(Clone, Copy)]
+struct Item {
+    job: u64,
+    index: usize,
+    len: usize,
+}
+
+struct BatchLoop {
+    model: String,
     engine: Box<dyn Embedder>,
-    depth: Arc<AtomicUsize>,
+    rx: Receiver<Submission>,
     max_batch_size: usize,
     max_batch_tokens: usize,
+    max_delay: Duration,
+    /// How many of the oldest waiting items a batch is chosen from.
+    window: usize,
+    admitted: Arc<AtomicUsize>,
+    waiting_items: Arc<AtomicUsize>,
+    jobs: HashMap<u64, Job>,
+    /// Waiting items, oldest first.
+    pending: VecDeque<Item>,
+    next_job: u64,
 }
 
-impl Worker {
-    fn run(self, rx: Receiver<Job>) {
-        while let Ok(job) = rx.recv() {
-            self.depth.fetch_sub(1, Ordering::SeqCst);
-            if job.reply.is_closed() {
-                tracing::debug!("dropping a job whose caller has gone");
+impl BatchLoop {
+    fn run(mut self) {
+        loop {
+            if self.pending.is_empty() {
+                match self.rx.recv() {
+                    Ok(sub) => self.accept(sub),
+                    Err(_) => return, // scheduler dropped and nothing left
+                }
+            }
+            self.drain_channel();
+            self.drop_abandoned();
+            if self.pending.is_empty() {
                 continue;
             }
-            let queue_time = job.submitted.elapsed();
-            let result = self.compute(&job.inputs, queue_time);
-            let _ = job.reply.send(result);
+            self.wait_for_more();
+            self.drop_abandoned();
+            let batch = self.form_batch();
+            if !batch.is_empty() {
+                self.compute(batch);
+            }
         }
     }
 
-    fn compute(
-        &self,
-        inputs: &[Vec<u32>],
-        queue_time: Duration,
-    ) -> Result<EmbedOutput, SchedulerError> {
-        let start = Instant::now();
-        let mut out: Vec<Vec<f32>> = vec![Vec::new(); inputs.len()];
-        let mut largest = 0;
-        for batch in plan_batches(inputs, self.max_batch_size, self.max_batch_tokens) {
-            let seqs: Vec<&[u32]> = batch.iter().map(|&i| inputs[i].as_slice()).collect();
-            let vectors =
-                std::panic::catch_unwind(AssertUnwindSafe(|| self.engine.embed_tokens(&seqs)))
-                    .map_err(|p| SchedulerError::Panicked(panic_message(&p)))?
-                    .map_err(|e| SchedulerError::Engine(e.to_string()))?;
-            if vectors.len() != batch.len() {
-                return Err(SchedulerError::Engine(format!(
-                    "engine returned {} vectors for {} inputs",
-                    vectors.len(),
-                    batch.len()
-                )));
+    fn accept(&mut self, sub: Submission) {
+        let id = self.next_job;
+        self.next_job += 1;
+        let n = sub.inputs.len();
+        for (index, ids) in sub.inputs.iter().enumerate() {
+            self.pending.push_back(Item {
+                job: id,
+                index,
+                len: ids.len().max(1),
+            });
+        }
+        self.jobs.insert(
+            id,
+            Job {
+                results: vec![None; n],
+                remaining: n,
+                inputs: sub.inputs,
+                submitted: sub.submitted,
+                first_start: None,
+                compute_time: Duration::ZERO,
+                batch_size: 0,
+                reply: sub.reply,
+            },
+        );
+        if n == 0 {
+            self.finish(id);
+        }
+    }
+
+    fn drain_channel(&mut self) {
+        while let Ok(sub) = self.rx.try_recv() {
+            self.accept(sub);
+        }
+    }
+
+    /// After the oldest item arrived, waits up to `max_delay` for a full batch.
+    fn wait_for_more(&mut self) {
+        let Some(oldest) = self.pending.front().map(|i| self.jobs[&i.job].submitted) else {
+            return;
+        };
+        let deadline = oldest + self.max_delay;
+        while !self.full_batch_waiting() {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
             }
-            largest = largest.max(batch.len());
-            for (i, v) in batch.into_iter().zip(vectors) {
-                out[i] = v;
+            match self.rx.recv_timeout(deadline - now) {
+                Ok(sub) => {
+                    self.accept(sub);
+                    self.drain_channel();
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => return,
             }
         }
-        Ok(EmbedOutput {
-            embeddings: out,
-            batch_size: largest,
-            queue_time,
-            compute_time: start.elapsed(),
-        })
+    }
+
+    fn full_batch_waiting(&self) -> bool {
+        if self.pending.len() >= self.max_batch_size {
+            return true;
+        }
+        let longest = self.pending.iter().map(|i| i.len).max().unwrap_or(0);
+        longest * self.pending.len() >= self.max_batch_tokens
+    }
+
+    /// Drops the waiting items of requests whose caller has gone.
+    fn drop_abandoned(&mut self) {
+        let gone: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.reply.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let before = self.pending.len();
+        self.pending.retain(|i| !gone.contains(&i.job));
+        let dropped = before - self.pending.len();
+        for id in gone {
+            self.jobs.remove(&id);
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.waiting_items.fetch_sub(dropped, Ordering::SeqCst);
+        m::set_queue_depth(&self.model, self.waiting_items.load(Ordering::SeqCst));
+        tracing::debug!(model = %self.model, dropped, "dropped inputs of requests whose client has gone");
+    }
+
+    /// Takes the oldest item plus, from the next `window` items, those closest to it in length,
+    /// within the size and padded-token limits.
+    fn form_batch(&mut self) -> Vec<Item> {
+        let plan = plan_batch(
+            self.pending.iter().take(self.window).map(|i| i.len),
+            self.max_batch_size,
+            self.max_batch_tokens,
+        );
+        // Remove the chosen positions, highest first so lower positions stay valid.
+        let mut batch: Vec<Item> = Vec::with_capacity(plan.len());
+        let mut positions = plan;
+        positions.sort_unstable_by(|a, b| b.cmp(a));
+        for p in positions {
+            if let Some(item) = self.pending.remove(p) {
+                batch.push(item);
+            }
+        }
+        batch
+    }
+
+    fn compute(&mut self, batch: Vec<Item>) {
+        let start = Instant::now();
+        let n = batch.len();
+        self.waiting_items.fetch_sub(n, Ordering::SeqCst);
+        m::set_queue_depth(&self.model, self.waiting_items.load(Ordering::SeqCst));
+        m::record_batch_size(&self.model, n);
+        for item in &batch {
+            if let Some(job) = self.jobs.get_mut(&item.job) {
+                if job.first_start.is_none() {
+                    job.first_start = Some(start);
+                    m::record_queue_duration(&self.model, start - job.submitted);
+                }
+            }
+        }
+        let outcome = {
+            let seqs: Vec<&[u32]> = batch
+                .iter()
+                .map(|i| self.jobs[&i.job].inputs[i.index].as_slice())
+                .collect();
+            let engine = &self.engine;
+            match std::panic::catch_unwind(AssertUnwindSafe(|| engine.embed_tokens(&seqs))) {
+                Ok(Ok(v)) if v.len() == n => Ok(v),
+                Ok(Ok(v)) => Err(SchedulerError::Engine(format!(
+                    "engine returned {} vectors for {n} inputs",
+                    v.len()
+                ))),
+                Ok(Err(e)) => Err(SchedulerError::Engine(e.to_string())),
+                Err(p) => Err(SchedulerError::Panicked(panic_message(&*p))),
+            }
+        };
+        let elapsed = start.elapsed();
+        match outcome {
+            Ok(vectors) => {
+                let mut done = Vec::new();
+                for (item, v) in batch.iter().zip(vectors) {
+                    if let Some(job) = self.jobs.get_mut(&item.job) {
+                        job.results[item.index] = Some(v);
+                        job.remaining -= 1;
+                        if job.remaining == 0 {
+                            done.push(item.job);
+                        }
+                    }
+                }
+                let mut touched: Vec<u64> = batch.iter().map(|i| i.job).collect();
+                touched.dedup();
+                for id in touched {
+                    if let Some(job) = self.jobs.get_mut(&id) {
+                        job.compute_time += elapsed;
+                        job.batch_size = job.batch_size.max(n);
+                    }
+                }
+                for id in done {
+                    self.finish(id);
+                }
+            }
+            Err(err) => {
+                tracing::error!(model = %self.model, batch = n, "{err}");
+                let mut failed: Vec<u64> = batch.iter().map(|i| i.job).collect();
+                failed.sort_unstable();
+                failed.dedup();
+                for id in failed {
+                    self.fail(id, err.clone());
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, id: u64) {
+        if let Some(job) = self.jobs.remove(&id) {
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            let out = EmbedOutput {
+                embeddings: job
+                    .results
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect(),
+                batch_size: job.batch_size,
+                queue_time: job
+                    .first_start
+                    .map_or(Duration::ZERO, |s| s - job.submitted),
+                compute_time: job.compute_time,
+            };
+            let _ = job.reply.send(Ok(out));
+        }
+    }
+
+    /// Fails a request, dropping its other waiting items.
+    fn fail(&mut self, id: u64, err: SchedulerError) {
+        if let Some(job) = self.jobs.remove(&id) {
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            let before = self.pending.len();
+            self.pending.retain(|i| i.job != id);
+            self.waiting_items
+                .fetch_sub(before - self.pending.len(), Ordering::SeqCst);
+            let _ = job.reply.send(Err(err));
+        }
     }
 }
 
-fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Splits input indices into batches: sorted by length (so each batch pads little), each batch at
-/// most `max_size` inputs and at most `max_tokens` padded tokens (longest × count; a single input
-/// longer than `max_tokens` still forms a batch of its own).
-pub fn plan_batches(inputs: &[Vec<u32>], max_size: usize, max_tokens: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..inputs.len()).collect();
-    order.sort_by_key(|&i| inputs[i].len());
-    let mut batches = Vec::new();
-    let mut current: Vec<usize> = Vec::new();
-    for i in order {
-        // Sorted ascending, so the newcomer is the longest of the batch.
-        let padded = inputs[i].len().max(1) * (current.len() + 1);
-        if !current.is_empty() && (current.len() >= max_size || padded > max_tokens) {
-            batches.push(std::mem::take(&mut current));
+/// Chooses a batch among waiting items given by their lengths, oldest first: position 0 (the
+/// oldest) always, then the others in order of closeness of length to it (ties: older first),
+/// while the batch stays within `max_size` items and `max_tokens` padded tokens (longest × count;
+/// the oldest alone may exceed it). Returns positions.
+pub fn plan_batch(
+    lens: impl Iterator<Item = usize>,
+    max_size: usize,
+    max_tokens: usize,
+) -> Vec<usize> {
+    let lens: Vec<usize> = lens.collect();
+    let Some(&anchor) = lens.first() else {
+        return Vec::new();
+    };
+    let mut candidates: Vec<usize> = (1..lens.len()).collect();
+    candidates.sort_by_key(|&p| (lens[p].abs_diff(anchor), p));
+    let mut chosen = vec![0];
+    let mut longest = anchor;
+    for p in candidates {
+        if chosen.len() >= max_size {
+            break;
         }
-        current.push(i);
+        let new_longest = longest.max(lens[p]);
+        if new_longest * (chosen.len() + 1) > max_tokens {
+            continue;
+        }
+        longest = new_longest;
+        chosen.push(p);
     }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    batches
+    chosen
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::EngineError;
+    use std::sync::Mutex;
 
-    /// Returns `[len, first id]` per sequence; fails or panics on marker ids.
-    struct Echo;
-    impl Embedder for Echo {
+    /// The first id of every sequence of every batch, in compute order.
+    type BatchLog = Arc<Mutex<Vec<Vec<u32>>>>;
+
+    /// Returns `[len, first id]` per sequence, logs every batch's first ids; fails or panics on
+    /// marker ids; blocks on the gate while one is set.
+    #[derive(Default)]
+    struct TestEngine {
+        log: BatchLog,
+        gate: Option<Mutex<std::sync::mpsc::Receiver<()>>>,
+    }
+
+    impl Embedder for TestEngine {
         fn embed_tokens(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
-            if seqs.iter().any(|s| s.first() == Some(&666)) {
+            if let Some(g) = &self.gate {
+                let _ = g.lock().unwrap().recv();
+            }
+            self.log
+                .lock()
+                .unwrap()
+                .push(seqs.iter().map(|s| s[0]).collect());
+            if seqs.iter().any(|s| s[0] == 666) {
                 panic!("marker input");
             }
-            if seqs.iter().any(|s| s.first() == Some(&13)) {
+            if seqs.iter().any(|s| s[0] == 13) {
                 return Err(EngineError::Unsupported("unlucky".into()));
             }
             Ok(seqs
@@ -248,96 +514,188 @@ mod tests {
         }
     }
 
-    fn spec(size: usize, cap: usize) -> BatchingSpec {
+    fn spec(size: usize, delay_ms: u64, cap: usize) -> BatchingSpec {
         BatchingSpec {
             max_batch_size: size,
-            max_batch_tokens: 1000,
-            max_queue_delay_ms: 0,
+            max_batch_tokens: 10_000,
+            max_queue_delay_ms: delay_ms,
             queue_capacity: cap,
         }
     }
 
-    #[test]
-    fn plan_respects_size_and_token_limits_and_covers_every_input() {
-        let inputs: Vec<Vec<u32>> = [5, 1, 9, 3, 3, 7, 2].iter().map(|&n| vec![1; n]).collect();
-        let plan = plan_batches(&inputs, 2, 12);
-        let mut seen: Vec<usize> = plan.iter().flatten().copied().collect();
-        seen.sort();
-        assert_eq!(seen, (0..inputs.len()).collect::<Vec<_>>());
-        for b in &plan {
-            let longest = b.iter().map(|&i| inputs[i].len()).max().unwrap();
-            assert!(b.len() <= 2);
-            assert!(b.len() == 1 || longest * b.len() <= 12, "{b:?}");
+    /// An engine that blocks on each call until the returned sender releases it.
+    fn gated() -> (TestEngine, std::sync::mpsc::Sender<()>, BatchLog) {
+        let (open, gate) = std::sync::mpsc::channel();
+        let engine = TestEngine {
+            gate: Some(Mutex::new(gate)),
+            ..Default::default()
+        };
+        let log = engine.log.clone();
+        (engine, open, log)
+    }
+
+    fn wait_until(mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "condition not reached in 10 s");
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
+    #[test]
+    fn plan_takes_the_oldest_and_its_nearest_lengths_within_limits() {
+        assert_eq!(
+            plan_batch([5, 50, 6, 4, 49].into_iter(), 3, 1000),
+            vec![0, 2, 3]
+        );
+        // Token cap: 50 × 2 > 60, so only short ones join the long anchor... none fit.
+        assert_eq!(plan_batch([50, 5, 6].into_iter(), 4, 60), vec![0]);
+        assert_eq!(
+            plan_batch([10, 10, 10, 10].into_iter(), 8, 30),
+            vec![0, 1, 2]
+        );
+        assert!(plan_batch(std::iter::empty(), 4, 10).is_empty());
+    }
+
     #[tokio::test]
-    async fn results_come_back_in_input_order() {
-        let s = EmbeddingScheduler::start("echo", Box::new(Echo), &spec(2, 4)).unwrap();
-        let inputs: Vec<Vec<u32>> = (1..=7u32).map(|n| vec![n; (8 - n) as usize]).collect();
+    async fn multi_input_results_come_back_in_order_across_batches() {
+        let s =
+            EmbeddingScheduler::start("t", Box::<TestEngine>::default(), &spec(2, 0, 4)).unwrap();
+        let inputs: Vec<Vec<u32>> = (1..=7u32)
+            .map(|n| vec![n; (n * 3 % 7 + 1) as usize])
+            .collect();
         let out = s.submit(inputs.clone()).unwrap().await.unwrap().unwrap();
+        assert_eq!(out.embeddings.len(), 7);
         for (i, v) in out.embeddings.iter().enumerate() {
             assert_eq!(v, &vec![inputs[i].len() as f32, inputs[i][0] as f32]);
         }
         assert_eq!(out.batch_size, 2);
     }
 
+    #[test]
+    fn concurrent_requests_share_batches() {
+        let (engine, open, log) = gated();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(8, 50, 16)).unwrap();
+        let first = s.submit(vec![vec![100]]).unwrap();
+        wait_until(|| s.queue_depth() == 0); // the first batch is in the engine, blocked
+        let rest: Vec<_> = (1..=5u32)
+            .map(|i| s.submit(vec![vec![i]]).unwrap())
+            .collect();
+        for _ in 0..2 {
+            open.send(()).unwrap();
+        }
+        drop(s); // finishes the queue, then joins
+        assert!(first.blocking_recv().unwrap().is_ok());
+        for r in rest {
+            assert_eq!(r.blocking_recv().unwrap().unwrap().batch_size, 5);
+        }
+        assert_eq!(
+            log.lock().unwrap().len(),
+            2,
+            "five requests waited together: one batch"
+        );
+    }
+
+    #[test]
+    fn oldest_item_is_never_starved_by_shorter_newcomers() {
+        let (engine, open, log) = gated();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(2, 0, 64)).unwrap();
+        let _blocker = s.submit(vec![vec![1]]).unwrap();
+        wait_until(|| s.queue_depth() == 0);
+        // 4 short items ahead of a long one, then many short ones after it.
+        let mut receivers = Vec::new();
+        for _ in 0..4 {
+            receivers.push(s.submit(vec![vec![2; 3]]).unwrap());
+        }
+        let long = s.submit(vec![vec![9; 40]]).unwrap();
+        for _ in 0..20 {
+            receivers.push(s.submit(vec![vec![3; 3]]).unwrap());
+        }
+        for _ in 0..64 {
+            let _ = open.send(());
+        }
+        drop(s);
+        assert!(long.blocking_recv().unwrap().is_ok());
+        let log = log.lock().unwrap();
+        let position = log.iter().position(|b| b.contains(&9)).unwrap();
+        // Batch 0 is the blocker; the 4 older items take at most 4 batches (2 when paired).
+        assert!(
+            position <= 5,
+            "long item served in batch {position}: {log:?}"
+        );
+        // And short newcomers were grouped together rather than with the long one.
+        assert!(log.iter().filter(|b| b.len() == 2).count() >= 10, "{log:?}");
+    }
+
+    #[test]
+    fn abandoned_requests_are_never_computed() {
+        let (engine, open, log) = gated();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(4, 0, 16)).unwrap();
+        let first = s.submit(vec![vec![1]]).unwrap();
+        wait_until(|| s.queue_depth() == 0);
+        let gone = s.submit(vec![vec![77], vec![78]]).unwrap();
+        let kept = s.submit(vec![vec![5]]).unwrap();
+        drop(gone); // the client disconnected
+        for _ in 0..4 {
+            let _ = open.send(());
+        }
+        drop(s);
+        assert!(first.blocking_recv().unwrap().is_ok());
+        assert!(kept.blocking_recv().unwrap().is_ok());
+        let seen: Vec<u32> = log.lock().unwrap().iter().flatten().copied().collect();
+        assert!(
+            !seen.contains(&77) && !seen.contains(&78),
+            "abandoned inputs computed: {seen:?}"
+        );
+        assert_eq!(seen, vec![1, 5]);
+    }
+
     #[tokio::test]
-    async fn failures_and_panics_fail_only_their_job() {
-        let s = EmbeddingScheduler::start("echo", Box::new(Echo), &spec(8, 4)).unwrap();
-        let err = s
-            .submit(vec![vec![13]])
-            .unwrap()
-            .await
-            .unwrap()
-            .unwrap_err();
+    async fn failures_and_panics_fail_only_their_batch() {
+        let s =
+            EmbeddingScheduler::start("t", Box::<TestEngine>::default(), &spec(1, 0, 8)).unwrap();
+        let bad = s.submit(vec![vec![13]]).unwrap();
+        let boom = s.submit(vec![vec![666]]).unwrap();
+        let good = s.submit(vec![vec![1, 2]]).unwrap();
+        let err = bad.await.unwrap().unwrap_err();
         assert!(
             matches!(err, SchedulerError::Engine(ref m) if m.contains("unlucky")),
             "{err:?}"
         );
-        let err = s
-            .submit(vec![vec![666]])
-            .unwrap()
-            .await
-            .unwrap()
-            .unwrap_err();
+        let err = boom.await.unwrap().unwrap_err();
         assert!(
             matches!(err, SchedulerError::Panicked(ref m) if m.contains("marker")),
             "{err:?}"
         );
-        let ok = s.submit(vec![vec![1, 2]]).unwrap().await.unwrap().unwrap();
-        assert_eq!(ok.embeddings, vec![vec![2.0, 1.0]]);
+        assert_eq!(
+            good.await.unwrap().unwrap().embeddings,
+            vec![vec![2.0, 1.0]]
+        );
+        // And the model keeps serving.
+        let again = s.submit(vec![vec![4]]).unwrap().await.unwrap().unwrap();
+        assert_eq!(again.embeddings, vec![vec![1.0, 4.0]]);
     }
 
     #[test]
-    fn full_queue_is_refused_at_once() {
-        /// Blocks until released, so the queue fills up behind it.
-        struct Gate(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
-        impl Embedder for Gate {
-            fn embed_tokens(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
-                let _ = self.0.lock().unwrap().recv();
-                Ok(seqs.iter().map(|_| vec![0.0]).collect())
-            }
-        }
-        let (open, gate) = std::sync::mpsc::channel();
-        let s =
-            EmbeddingScheduler::start("gate", Box::new(Gate(gate.into())), &spec(1, 2)).unwrap();
-        let first = s.submit(vec![vec![1]]).unwrap();
-        // Wait until the worker has taken the first job off the queue.
-        while s.queue_depth() > 0 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let queued: Vec<_> = (0..2).map(|_| s.submit(vec![vec![1]]).unwrap()).collect();
+    fn admission_is_bounded_and_frees_up() {
+        let (engine, open, _log) = gated();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(1, 0, 2)).unwrap();
+        let a = s.submit(vec![vec![1]]).unwrap();
+        let b = s.submit(vec![vec![1]]).unwrap();
         let err = s.submit(vec![vec![1]]).unwrap_err();
         assert!(
             matches!(err, SchedulerError::QueueFull { capacity: 2, .. }),
             "{err:?}"
         );
-        for _ in 0..3 {
+        open.send(()).unwrap();
+        assert!(a.blocking_recv().unwrap().is_ok());
+        // One answered: one place free again.
+        let c = s.submit(vec![vec![1]]).unwrap();
+        for _ in 0..2 {
             open.send(()).unwrap();
         }
-        drop(first);
-        drop(queued);
         drop(s);
+        assert!(b.blocking_recv().unwrap().is_ok());
+        assert!(c.blocking_recv().unwrap().is_ok());
     }
 }

@@ -84,13 +84,25 @@ impl TestServer {
     /// Starts a server over the repository's models with `edit` applied to the config, and waits
     /// until `/ready`.
     pub async fn start(edit: impl FnOnce(&mut Config)) -> Self {
+        Self::start_with(edit, |_| {}).await
+    }
+
+    /// Like [`TestServer::start`], with the model entries (from models/minilm) edited too.
+    pub async fn start_with(
+        edit: impl FnOnce(&mut Config),
+        edit_models: impl FnOnce(&mut Vec<wattserve::repository::ModelEntry>),
+    ) -> Self {
         let mut config = Config::load(None, &Overrides::default()).unwrap();
         config.server.host = "127.0.0.1".into();
         config.server.port = 0;
         config.server.models_dir = models_dir();
         config.server.models = vec!["minilm".into()];
         edit(&mut config);
-        let server = Server::bind(&config).await.unwrap();
+        let mut entries =
+            wattserve::repository::discover(&config.server.models_dir, &config.server.models)
+                .unwrap();
+        edit_models(&mut entries);
+        let server = Server::bind_entries(&config, entries).await.unwrap();
         let addr = server.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {

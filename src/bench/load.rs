@@ -1,0 +1,230 @@
+//! The load generators: closed loop (N clients, each sends its next request when the previous
+//! one is answered) and open loop (Poisson arrivals at a fixed rate, whatever the server does).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use super::report::Recorder;
+
+/// When a level stops.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    /// After this long.
+    Duration(Duration),
+    /// After this many requests have been sent.
+    Requests(u64),
+}
+
+/// What every request of a level looks like.
+#[derive(Clone)]
+pub struct Target {
+    /// The HTTP client (connection pool shared by all tasks).
+    pub client: reqwest::Client,
+    /// `http://host:port/v1/embeddings`.
+    pub url: String,
+    /// Model name.
+    pub model: String,
+    /// The inputs, cycled through in order.
+    pub inputs: Arc<Vec<String>>,
+    /// Inputs per request.
+    pub per_request: usize,
+}
+
+impl Target {
+    fn body(&self, i: usize) -> serde_json::Value {
+        let n = self.inputs.len();
+        if self.per_request == 1 {
+            json!({"model": self.model, "input": self.inputs[i % n]})
+        } else {
+            let batch: Vec<&str> = (0..self.per_request)
+                .map(|k| self.inputs[(i * self.per_request + k) % n].as_str())
+                .collect();
+            json!({"model": self.model, "input": batch})
+        }
+    }
+
+    /// Sends request number `i`; returns (status, latency µs, x-batch-size). Status 0 = the
+    /// connection failed.
+    async fn send(&self, i: usize) -> (u16, u64, Option<u64>) {
+        let body = self.body(i);
+        let start = Instant::now();
+        let result = self.client.post(&self.url).json(&body).send().await;
+        let (status, batch) = match result {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let batch = resp
+                    .headers()
+                    .get("x-batch-size")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                // Read the whole body: the client's latency includes the transfer.
+                match resp.bytes().await {
+                    Ok(_) => (status, batch),
+                    Err(_) => (0, None),
+                }
+            }
+            Err(_) => (0, None),
+        };
+        (status, start.elapsed().as_micros() as u64, batch)
+    }
+}
+
+fn progress(stop: Stop, label: &str) -> ProgressBar {
+    let quiet = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = match stop {
+        Stop::Duration(d) => ProgressBar::new(d.as_millis() as u64),
+        Stop::Requests(n) => ProgressBar::new(n),
+    };
+    if quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) = ProgressStyle::with_template("{prefix:>28} [{bar:30}] {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// Runs `clients` closed-loop clients. Returns the merged observations and the measured wall time.
+pub async fn closed_loop(
+    target: &Target,
+    clients: usize,
+    stop: Stop,
+    label: &str,
+) -> (Recorder, Duration) {
+    let sent = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = match stop {
+        Stop::Duration(d) => Some(start + d),
+        Stop::Requests(_) => None,
+    };
+    let bar = progress(stop, label);
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (target, sent, next) = (target.clone(), sent.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut rec = Recorder::default();
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let k = sent.fetch_add(1, Ordering::SeqCst);
+                if matches!(stop, Stop::Requests(n) if k >= n) {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let (status, micros, batch) = target.send(i).await;
+                rec.record(status, micros, target.per_request, batch);
+            }
+            rec
+        }));
+    }
+    let ticker = spawn_ticker(bar.clone(), stop, start, sent.clone());
+    let mut total = Recorder::default();
+    for t in tasks {
+        if let Ok(rec) = t.await {
+            total.merge(&rec);
+        }
+    }
+    ticker.abort();
+    bar.finish_and_clear();
+    (total, start.elapsed())
+}
+
+/// Sends requests at Poisson arrivals of `rate` per second; at most `max_outstanding` at once
+/// (arrivals beyond are counted as not sent). Returns observations and the measured wall time.
+pub async fn open_loop(
+    target: &Target,
+    rate: f64,
+    max_outstanding: usize,
+    stop: Stop,
+    seed: u64,
+    label: &str,
+) -> (Recorder, Duration) {
+    let rec = Arc::new(Mutex::new(Recorder::default()));
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let start = Instant::now();
+    let bar = progress(stop, label);
+    let ticker = spawn_ticker(bar.clone(), stop, start, sent.clone());
+    let mut next_at = start;
+    let mut tasks = Vec::new();
+    let mut i = 0usize;
+    loop {
+        // Exponential inter-arrival times give a Poisson process.
+        let u: f64 = rng.random_range(f64::EPSILON..1.0);
+        next_at += Duration::from_secs_f64(-u.ln() / rate);
+        match stop {
+            Stop::Duration(d) if next_at >= start + d => break,
+            Stop::Requests(n) if sent.load(Ordering::SeqCst) >= n => break,
+            _ => {}
+        }
+        tokio::time::sleep_until(next_at.into()).await;
+        sent.fetch_add(1, Ordering::SeqCst);
+        if outstanding.load(Ordering::SeqCst) >= max_outstanding {
+            if let Ok(mut r) = rec.lock() {
+                r.not_sent += 1;
+            }
+            continue;
+        }
+        outstanding.fetch_add(1, Ordering::SeqCst);
+        let (target, rec, outstanding) = (target.clone(), rec.clone(), outstanding.clone());
+        let n = i;
+        i += 1;
+        tasks.push(tokio::spawn(async move {
+            let (status, micros, batch) = target.send(n).await;
+            if let Ok(mut r) = rec.lock() {
+                r.record(status, micros, target.per_request, batch);
+            }
+            outstanding.fetch_sub(1, Ordering::SeqCst);
+        }));
+        // Keep the task list from growing without bound on long runs.
+        if tasks.len() > 4096 {
+            tasks.retain(|t| !t.is_finished());
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    ticker.abort();
+    bar.finish_and_clear();
+    let elapsed = start.elapsed();
+    let rec = match Arc::try_unwrap(rec) {
+        Ok(m) => m.into_inner().unwrap_or_default(),
+        Err(shared) => {
+            let mut r = Recorder::default();
+            if let Ok(g) = shared.lock() {
+                r.merge(&g);
+            }
+            r
+        }
+    };
+    (rec, elapsed)
+}
+
+fn spawn_ticker(
+    bar: ProgressBar,
+    stop: Stop,
+    start: Instant,
+    sent: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let n = sent.load(Ordering::SeqCst);
+            match stop {
+                Stop::Duration(_) => bar.set_position(start.elapsed().as_millis() as u64),
+                Stop::Requests(_) => bar.set_position(n),
+            }
+            bar.set_message(format!("{n} requests"));
+        }
+    })
+}

@@ -1,0 +1,378 @@
+//! `wattserve bench`: the load generator every performance claim is measured with.
+//!
+//! It drives a server at a URL, or one it starts in-process from the same configuration as
+//! `wattserve serve`, with closed-loop clients (`--concurrency 1,8,32`) or open-loop Poisson
+//! arrivals (`--rate`), and reports per model and level: requests/s, inputs/s, latency
+//! percentiles, errors by status, mean batch size, and in-process also CPU time and memory.
+//! `--unbatched-baseline` serves each model a second time with `max_batch_size = 1` so that
+//! batching on and off are compared in one run; `--offline-ceiling` times the engine alone.
+
+pub mod inputs;
+pub mod load;
+pub mod procfs;
+pub mod report;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::config::{Config, Overrides};
+use crate::engine::embedding_model::EmbeddingLoadOptions;
+use crate::engine::{Embedder, EmbeddingModel};
+use crate::repository::{discover, ModelEntry};
+use crate::Server;
+use load::{Stop, Target};
+use report::{BenchReport, CeilingReport, LevelReport};
+
+/// Options of `wattserve bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Server to load, e.g. http://127.0.0.1:8080. Default: start one in-process from the
+    /// config options below.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// In-process server: config file (as `serve --config`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// In-process server: the model repository.
+    #[arg(long)]
+    pub models_dir: Option<PathBuf>,
+    /// In-process server: model folders to load (repeatable). Also the models benchmarked.
+    #[arg(long = "model", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// In-process server: CPU compute threads (0 = one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Model names to benchmark against a --url server (default: all it lists).
+    #[arg(long = "target-model", value_delimiter = ',')]
+    pub target_models: Vec<String>,
+    /// In-process: also serve every model with max_batch_size = 1 as `<name>@unbatched` and
+    /// measure it in the same run.
+    #[arg(long)]
+    pub unbatched_baseline: bool,
+    /// In-process: time the engine alone (no HTTP, no queue) at the model's max_batch_size on the
+    /// same inputs.
+    #[arg(long)]
+    pub offline_ceiling: bool,
+    /// Closed loop: concurrent clients per level, run in turn [default: 1,8,32 without --rate].
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
+    /// Open loop: Poisson arrivals at this many requests per second, run before any
+    /// --concurrency levels (which then show how the server serves afterwards).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Open loop: most requests outstanding at once (arrivals beyond are counted as not sent).
+    #[arg(long, default_value_t = 20_000)]
+    pub max_outstanding: usize,
+    /// Seconds per level (ignored with --requests).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Requests per level instead of a duration.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Seconds of unmeasured warm-up per model before its first level.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup: f64,
+    /// Inputs from a JSONL file (a string, or an object with `text`, per line). Default: the
+    /// built-in generator.
+    #[arg(long)]
+    pub inputs: Option<PathBuf>,
+    /// Distinct generated inputs.
+    #[arg(long, default_value_t = 512)]
+    pub generate: usize,
+    /// Inputs per request.
+    #[arg(long, default_value_t = 1)]
+    pub inputs_per_request: usize,
+    /// Seed of the generator and of open-loop arrivals.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Bad options or inputs.
+    #[error("{0}")]
+    Usage(String),
+    /// The in-process server could not start.
+    #[error(transparent)]
+    Serve(#[from] crate::ServeError),
+    /// The target did not answer as expected.
+    #[error("{0}")]
+    Target(String),
+}
+
+/// Runs the benchmark and returns its report (also printed and written by the CLI).
+pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
+    if args.inputs_per_request == 0 || args.concurrency.contains(&0) {
+        return Err(BenchError::Usage(
+            "--inputs-per-request and --concurrency must be at least 1".into(),
+        ));
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err(BenchError::Usage("--rate must be a positive number".into()));
+    }
+    if args.url.is_some() && (args.unbatched_baseline || args.offline_ceiling) {
+        return Err(BenchError::Usage(
+            "--unbatched-baseline and --offline-ceiling need the in-process server (omit --url)"
+                .into(),
+        ));
+    }
+    let inputs = Arc::new(match &args.inputs {
+        Some(p) => inputs::from_jsonl(p).map_err(BenchError::Usage)?,
+        None => inputs::generate(args.generate.max(1), args.seed),
+    });
+    let load_start = procfs::load_average();
+
+    // The server: given, or in-process.
+    let mut in_process = None;
+    let mut entries: Vec<ModelEntry> = Vec::new();
+    let mut threads = None;
+    let base = match &args.url {
+        Some(u) => u.trim_end_matches('/').to_string(),
+        None => {
+            let overrides = Overrides {
+                models_dir: args.models_dir.clone(),
+                models: args.models.clone(),
+                threads: args.threads,
+                port: Some(0),
+                host: Some("127.0.0.1".into()),
+            };
+            let config = Config::load(args.config.as_deref(), &overrides)
+                .map_err(crate::ServeError::from)?;
+            threads = Some(config.runtime.threads);
+            entries = discover(&config.server.models_dir, &config.server.models)
+                .map_err(crate::ServeError::from)?;
+            let mut served = entries.clone();
+            if args.unbatched_baseline {
+                for e in &entries {
+                    let mut u = e.clone();
+                    u.spec.name = format!("{}@unbatched", e.spec.name);
+                    u.spec.batching.max_batch_size = 1;
+                    served.push(u);
+                }
+            }
+            let server = Server::bind_entries(&config, served).await?;
+            let addr = server
+                .local_addr()
+                .map_err(|e| BenchError::Target(format!("in-process server: {e}")))?;
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(server.run(async {
+                let _ = rx.await;
+            }));
+            in_process = Some((tx, task));
+            format!("http://{addr}")
+        }
+    };
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .timeout(Duration::from_secs(300))
+        .build()
+        .map_err(|e| BenchError::Target(format!("HTTP client: {e}")))?;
+    let served = wait_ready(&client, &base).await?;
+
+    let mut models: Vec<String> = if args.url.is_some() {
+        if args.target_models.is_empty() {
+            served.clone()
+        } else {
+            args.target_models.clone()
+        }
+    } else {
+        entries.iter().map(|e| e.spec.name.clone()).collect()
+    };
+    if args.unbatched_baseline {
+        let extra: Vec<String> = models.iter().map(|m| format!("{m}@unbatched")).collect();
+        models.extend(extra);
+    }
+    if let Some(missing) = models.iter().find(|m| !served.contains(m)) {
+        return Err(BenchError::Target(format!(
+            "model `{missing}` is not served by {base} (serves: {})",
+            served.join(", ")
+        )));
+    }
+
+    let stop = match args.requests {
+        Some(n) => Stop::Requests(n),
+        None => Stop::Duration(Duration::from_secs_f64(args.duration.max(0.1))),
+    };
+    let mut levels = Vec::new();
+    for model in &models {
+        let target = Target {
+            client: client.clone(),
+            url: format!("{base}/v1/embeddings"),
+            model: model.clone(),
+            inputs: inputs.clone(),
+            per_request: args.inputs_per_request,
+        };
+        if args.warmup > 0.0 {
+            let c = args.concurrency.iter().copied().max().unwrap_or(8).min(32);
+            let _ = load::closed_loop(
+                &target,
+                c,
+                Stop::Duration(Duration::from_secs_f64(args.warmup)),
+                &format!("{model} warm-up"),
+            )
+            .await;
+        }
+        let mut plan: Vec<(String, Option<usize>)> = Vec::new();
+        if let Some(r) = args.rate {
+            plan.push((format!("rate={r}/s"), None));
+        }
+        let levels_c: &[usize] = match (&args.rate, args.concurrency.is_empty()) {
+            (None, true) => &[1, 8, 32],
+            _ => &args.concurrency,
+        };
+        plan.extend(levels_c.iter().map(|&c| (format!("c={c}"), Some(c))));
+        for (label, clients) in plan {
+            let cpu0 = in_process.as_ref().and(procfs::process_cpu_seconds());
+            let (rec, elapsed) = match (clients, args.rate) {
+                (Some(c), _) => {
+                    load::closed_loop(&target, c, stop, &format!("{model} {label}")).await
+                }
+                (None, Some(rate)) => {
+                    load::open_loop(
+                        &target,
+                        rate,
+                        args.max_outstanding,
+                        stop,
+                        args.seed,
+                        &format!("{model} {label}"),
+                    )
+                    .await
+                }
+                (None, None) => unreachable!("a level is closed or open loop"),
+            };
+            let cpu = match (cpu0, procfs::process_cpu_seconds()) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            };
+            let rss = in_process.as_ref().and(procfs::rss_mib());
+            let row = LevelReport::new(model, label, elapsed.as_secs_f64(), &rec, cpu, rss);
+            eprintln!(
+                "{:<22} {:>10}: {:.1} req/s, p50 {:.2} ms, p99 {:.2} ms, batch {:.1}",
+                row.model,
+                row.load,
+                row.requests_per_s,
+                row.p50_ms,
+                row.p99_ms,
+                row.mean_batch_size
+            );
+            levels.push(row);
+        }
+    }
+
+    let mut ceilings = Vec::new();
+    if args.offline_ceiling {
+        for e in &entries {
+            ceilings.push(offline_ceiling(e, &inputs, args.duration.clamp(1.0, 30.0)).await?);
+        }
+    }
+    if let Some((tx, task)) = in_process {
+        let _ = tx.send(());
+        let _ = task.await;
+    }
+    Ok(BenchReport {
+        target: args.url.clone().unwrap_or_else(|| "in-process".into()),
+        load_average_start: load_start,
+        load_average_end: procfs::load_average(),
+        threads,
+        distinct_inputs: inputs.len(),
+        inputs_per_request: args.inputs_per_request,
+        ceilings,
+        levels,
+    })
+}
+
+/// Polls `/ready`, then returns the served model names from `/v1/models`.
+async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<Vec<String>, BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/ready")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Target(format!(
+                "{base} was not ready within 300 s"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let v: serde_json::Value = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .map_err(|e| BenchError::Target(format!("{base}/v1/models: {e}")))?
+        .json()
+        .await
+        .map_err(|e| BenchError::Target(format!("{base}/v1/models: {e}")))?;
+    Ok(v["data"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The engine alone on the same inputs, in order, in batches of the model's `max_batch_size`,
+/// on a blocking thread, for about `seconds`.
+async fn offline_ceiling(
+    entry: &ModelEntry,
+    inputs: &Arc<Vec<String>>,
+    seconds: f64,
+) -> Result<CeilingReport, BenchError> {
+    let entry = entry.clone();
+    let inputs = inputs.clone();
+    tokio::task::spawn_blocking(move || {
+        let spec = &entry.spec;
+        let model = EmbeddingModel::load(&EmbeddingLoadOptions {
+            weights_dir: entry.weights.clone(),
+            precision: spec.precision,
+            device: spec.device,
+            pooling: spec.pooling,
+            normalize: spec.normalize,
+            max_tokens: spec.max_tokens,
+        })
+        .map_err(|e| BenchError::Target(format!("offline ceiling: {e}")))?;
+        let ids: Vec<Vec<u32>> = inputs
+            .iter()
+            .map(|t| model.tokenizer().encode(t, true))
+            .collect::<Result<_, _>>()
+            .map_err(|e| BenchError::Target(format!("offline ceiling: {e}")))?;
+        let b = spec.batching.max_batch_size;
+        let batches: Vec<Vec<&[u32]>> = ids
+            .chunks(b)
+            .map(|c| c.iter().map(Vec::as_slice).collect())
+            .collect();
+        let run = |batch: &[&[u32]]| {
+            model
+                .embed_tokens(batch)
+                .map_err(|e| BenchError::Target(format!("offline ceiling: {e}")))
+        };
+        run(&batches[0])?; // warm-up
+        let start = Instant::now();
+        let (mut done, mut count) = (0usize, 0usize);
+        while start.elapsed().as_secs_f64() < seconds || count == 0 {
+            let batch = &batches[count % batches.len()];
+            run(batch)?;
+            done += batch.len();
+            count += 1;
+        }
+        Ok(CeilingReport {
+            model: spec.name.clone(),
+            batch_size: b,
+            inputs_per_s: done as f64 / start.elapsed().as_secs_f64(),
+            batches: count,
+        })
+    })
+    .await
+    .map_err(|e| BenchError::Target(format!("offline ceiling task: {e}")))?
+}

@@ -1,0 +1,277 @@
+//! Benchmark results: per-level statistics, the stdout table and the JSON file.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Raw observations of one load level, merged across client tasks.
+pub struct Recorder {
+    /// Latency of successful requests, microseconds.
+    pub ok: Histogram<u64>,
+    /// Latency of failed requests, microseconds.
+    pub failed: Histogram<u64>,
+    /// Successful requests.
+    pub requests_ok: u64,
+    /// Inputs in successful requests.
+    pub inputs_ok: u64,
+    /// Failures by HTTP status (`0` = connection error).
+    pub errors: BTreeMap<u16, u64>,
+    /// Sum of `x-batch-size` over successful requests.
+    pub batch_size_sum: u64,
+    /// Open loop: arrivals not sent because too many were outstanding.
+    pub not_sent: u64,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        let hist = || {
+            Histogram::new_with_bounds(1, 600_000_000, 3)
+                .expect("static histogram bounds are valid")
+        };
+        Self {
+            ok: hist(),
+            failed: hist(),
+            requests_ok: 0,
+            inputs_ok: 0,
+            errors: BTreeMap::new(),
+            batch_size_sum: 0,
+            not_sent: 0,
+        }
+    }
+}
+
+impl Recorder {
+    /// Records one answered request.
+    pub fn record(&mut self, status: u16, micros: u64, inputs: usize, batch_size: Option<u64>) {
+        let micros = micros.clamp(1, 600_000_000);
+        if status == 200 {
+            self.requests_ok += 1;
+            self.inputs_ok += inputs as u64;
+            self.batch_size_sum += batch_size.unwrap_or(0);
+            let _ = self.ok.record(micros);
+        } else {
+            *self.errors.entry(status).or_default() += 1;
+            let _ = self.failed.record(micros);
+        }
+    }
+
+    /// Adds another recorder's observations.
+    pub fn merge(&mut self, other: &Recorder) {
+        let _ = self.ok.add(&other.ok);
+        let _ = self.failed.add(&other.failed);
+        self.requests_ok += other.requests_ok;
+        self.inputs_ok += other.inputs_ok;
+        self.batch_size_sum += other.batch_size_sum;
+        self.not_sent += other.not_sent;
+        for (k, v) in &other.errors {
+            *self.errors.entry(*k).or_default() += v;
+        }
+    }
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct LevelReport {
+    /// Model name as requested.
+    pub model: String,
+    /// `c=N` (closed loop, N clients) or `rate=R/s` (open loop).
+    pub load: String,
+    /// Wall time of the measured window, seconds.
+    pub seconds: f64,
+    /// Successful requests.
+    pub requests: u64,
+    /// Successful requests per second.
+    pub requests_per_s: f64,
+    /// Inputs embedded per second.
+    pub inputs_per_s: f64,
+    /// Latency percentiles of successful requests, milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+    /// Mean `x-batch-size` of successful requests.
+    pub mean_batch_size: f64,
+    /// Failures by status (`0` = connection error).
+    pub errors: BTreeMap<u16, u64>,
+    /// p99 latency of failures (how fast a 503 comes back), milliseconds.
+    pub error_p99_ms: Option<f64>,
+    /// Open loop: arrivals skipped because `--max-outstanding` requests were pending.
+    pub not_sent: u64,
+    /// In-process runs: process CPU seconds (server + load generator) during the window.
+    pub cpu_seconds: Option<f64>,
+    /// In-process runs: inputs per CPU-second.
+    pub inputs_per_cpu_s: Option<f64>,
+    /// In-process runs: resident memory at the end of the level, MiB.
+    pub rss_mib: Option<f64>,
+}
+
+impl LevelReport {
+    /// Summarizes a level.
+    pub fn new(
+        model: &str,
+        load: String,
+        seconds: f64,
+        rec: &Recorder,
+        cpu_seconds: Option<f64>,
+        rss_mib: Option<f64>,
+    ) -> Self {
+        let ms = |h: &Histogram<u64>, q: f64| {
+            if h.is_empty() {
+                0.0
+            } else {
+                h.value_at_quantile(q) as f64 / 1e3
+            }
+        };
+        Self {
+            model: model.to_string(),
+            load,
+            seconds,
+            requests: rec.requests_ok,
+            requests_per_s: rec.requests_ok as f64 / seconds,
+            inputs_per_s: rec.inputs_ok as f64 / seconds,
+            p50_ms: ms(&rec.ok, 0.5),
+            p90_ms: ms(&rec.ok, 0.9),
+            p99_ms: ms(&rec.ok, 0.99),
+            max_ms: if rec.ok.is_empty() {
+                0.0
+            } else {
+                rec.ok.max() as f64 / 1e3
+            },
+            mean_batch_size: if rec.requests_ok == 0 {
+                0.0
+            } else {
+                rec.batch_size_sum as f64 / rec.requests_ok as f64
+            },
+            errors: rec.errors.clone(),
+            error_p99_ms: (!rec.failed.is_empty()).then(|| ms(&rec.failed, 0.99)),
+            not_sent: rec.not_sent,
+            cpu_seconds,
+            inputs_per_cpu_s: cpu_seconds
+                .filter(|&c| c > 0.0)
+                .map(|c| rec.inputs_ok as f64 / c),
+            rss_mib,
+        }
+    }
+}
+
+/// The engine alone, in-process, at a fixed batch size: the ceiling for server throughput.
+#[derive(Debug, Clone, Serialize)]
+pub struct CeilingReport {
+    /// Model name.
+    pub model: String,
+    /// Inputs per forward pass.
+    pub batch_size: usize,
+    /// Inputs embedded per second.
+    pub inputs_per_s: f64,
+    /// Forward passes timed.
+    pub batches: usize,
+}
+
+/// Everything one `wattserve bench` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Target URL, or `in-process`.
+    pub target: String,
+    /// Load average (1, 5, 15 min) at the start.
+    pub load_average_start: Option<[f64; 3]>,
+    /// Load average at the end.
+    pub load_average_end: Option<[f64; 3]>,
+    /// CPU compute threads of an in-process server (0 = one per core).
+    pub threads: Option<usize>,
+    /// Distinct inputs cycled through.
+    pub distinct_inputs: usize,
+    /// Inputs per request.
+    pub inputs_per_request: usize,
+    /// Engine ceilings measured in-process.
+    pub ceilings: Vec<CeilingReport>,
+    /// One row per model and load level.
+    pub levels: Vec<LevelReport>,
+}
+
+/// Renders the report as a plain-text table.
+pub fn table(r: &BenchReport) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "target: {}   inputs: {} distinct, {} per request   threads: {}   load average: {} -> {}\n",
+        r.target,
+        r.distinct_inputs,
+        r.inputs_per_request,
+        r.threads.map_or("n/a".into(), |t| if t == 0 {
+            "all cores".into()
+        } else {
+            t.to_string()
+        }),
+        fmt_load(r.load_average_start),
+        fmt_load(r.load_average_end),
+    ));
+    out.push_str(&format!(
+        "{:<22} {:>10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>8}  {}\n",
+        "model",
+        "load",
+        "req/s",
+        "inputs/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "batch",
+        "in/CPU-s",
+        "RSS MiB",
+        "err p99",
+        "errors"
+    ));
+    for l in &r.levels {
+        let errors = if l.errors.is_empty() && l.not_sent == 0 {
+            "-".to_string()
+        } else {
+            let mut e: Vec<String> = l
+                .errors
+                .iter()
+                .map(|(s, n)| {
+                    if *s == 0 {
+                        format!("conn:{n}")
+                    } else {
+                        format!("{s}:{n}")
+                    }
+                })
+                .collect();
+            if l.not_sent > 0 {
+                e.push(format!("not-sent:{}", l.not_sent));
+            }
+            e.join(" ")
+        };
+        out.push_str(&format!(
+            "{:<22} {:>10} {:>9.1} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6.1} {:>9} {:>9} {:>8}  {}\n",
+            l.model,
+            l.load,
+            l.requests_per_s,
+            l.inputs_per_s,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.max_ms,
+            l.mean_batch_size,
+            l.inputs_per_cpu_s.map_or("-".into(), |v| format!("{v:.1}")),
+            l.rss_mib.map_or("-".into(), |v| format!("{v:.0}")),
+            l.error_p99_ms.map_or("-".into(), |v| format!("{v:.2}")),
+            errors
+        ));
+    }
+    for c in &r.ceilings {
+        out.push_str(&format!(
+            "engine ceiling (in-process, no HTTP): {} at batch {}: {:.1} inputs/s over {} batches\n",
+            c.model, c.batch_size, c.inputs_per_s, c.batches
+        ));
+    }
+    out
+}
+
+fn fmt_load(l: Option<[f64; 3]>) -> String {
+    l.map_or("n/a".into(), |l| {
+        format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
+    })
+}

@@ -1,0 +1,121 @@
+//! Metric names, help texts and the Prometheus exporter.
+//!
+//! Everything goes through the `metrics` facade; the exporter is installed once per process
+//! ([`install`]) and rendered by `GET /metrics`. Names carry their units, as Prometheus' naming
+//! guide asks. When no recorder is installed (library use without a server) recording is a no-op.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Inputs admitted and waiting for compute, per model.
+pub const QUEUE_DEPTH: &str = "wattserve_queue_depth";
+/// Inputs per forward pass, per model.
+pub const BATCH_SIZE: &str = "wattserve_batch_size";
+/// Time from a request's arrival at the scheduler to the start of its first batch.
+pub const QUEUE_DURATION: &str = "wattserve_queue_duration_seconds";
+/// Time from request parsing to response, per model and endpoint.
+pub const REQUEST_DURATION: &str = "wattserve_request_duration_seconds";
+/// Requests answered, by model, endpoint and HTTP status.
+pub const REQUESTS: &str = "wattserve_requests_total";
+/// Tokens processed, by model and kind (`prompt`).
+pub const TOKENS: &str = "wattserve_tokens_total";
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process; later calls return the same handle).
+/// `None` when another recorder was installed first, in which case `/metrics` says so.
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(BATCH_SIZE.into()),
+                    &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Suffix("_seconds".into()),
+                        &[
+                            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                            10.0, 30.0, 60.0,
+                        ],
+                    )
+                });
+            let handle = match builder.map(|b| b.install_recorder()) {
+                Ok(Ok(h)) => Some(h),
+                Ok(Err(e)) => {
+                    tracing::warn!("metrics disabled: cannot install the Prometheus recorder: {e}");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!("metrics disabled: bad histogram buckets: {e}");
+                    None
+                }
+            };
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(
+        QUEUE_DEPTH,
+        Unit::Count,
+        "Inputs admitted and waiting for compute"
+    );
+    describe_histogram!(
+        BATCH_SIZE,
+        Unit::Count,
+        "Inputs computed together in one forward pass"
+    );
+    describe_histogram!(
+        QUEUE_DURATION,
+        Unit::Seconds,
+        "Time from a request's admission to the start of its first batch"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request parsing to response"
+    );
+    describe_counter!(
+        REQUESTS,
+        Unit::Count,
+        "Requests answered, by model, endpoint and status"
+    );
+    describe_counter!(TOKENS, Unit::Count, "Tokens processed, by model and kind");
+}
+
+/// Sets `wattserve_queue_depth{model}`.
+pub fn set_queue_depth(model: &str, depth: usize) {
+    gauge!(QUEUE_DEPTH, "model" => model.to_string()).set(depth as f64);
+}
+
+/// Observes one batch of `size` inputs.
+pub fn record_batch_size(model: &str, size: usize) {
+    histogram!(BATCH_SIZE, "model" => model.to_string()).record(size as f64);
+}
+
+/// Observes one request's queueing time.
+pub fn record_queue_duration(model: &str, d: Duration) {
+    histogram!(QUEUE_DURATION, "model" => model.to_string()).record(d.as_secs_f64());
+}
+
+/// Counts one answered request and observes its duration.
+pub fn record_request(model: &str, endpoint: &'static str, status: u16, d: Duration) {
+    counter!(REQUESTS, "model" => model.to_string(), "endpoint" => endpoint, "status" => status.to_string())
+        .increment(1);
+    histogram!(REQUEST_DURATION, "model" => model.to_string(), "endpoint" => endpoint)
+        .record(d.as_secs_f64());
+}
+
+/// Counts processed tokens of a kind (`prompt`, later `completion`).
+pub fn record_tokens(model: &str, kind: &'static str, n: usize) {
+    counter!(TOKENS, "model" => model.to_string(), "kind" => kind).increment(n as u64);
+}
