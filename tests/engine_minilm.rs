@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use wattserve::engine::embedding_model::EmbeddingLoadOptions;
+use wattserve::engine::embedding_model::{BatchLayout, EmbeddingLoadOptions};
 use wattserve::engine::{DeviceSpec, Embedder, EmbeddingModel, Precision};
 
 fn load() -> Option<EmbeddingModel> {
@@ -104,8 +104,13 @@ fn half_precisions_stay_close_to_f32_and_never_nan() {
             max_tokens: None,
         })
         .unwrap();
-        // Batched, so that padding (the masked positions) is exercised.
-        let got = model.embed(&texts).unwrap();
+        // Padded and batched, so that the masked positions are exercised in half precision.
+        let ids: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|t| model.tokenizer().encode(t, true).unwrap())
+            .collect();
+        let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let got = model.embed_tokens_with(&refs, BatchLayout::Padded).unwrap();
         let worst = items
             .iter()
             .zip(&got)
@@ -119,5 +124,24 @@ fn half_precisions_stay_close_to_f32_and_never_nan() {
             .fold(1.0f64, f64::min);
         eprintln!("minilm {precision} vs sentence-transformers fp32: min cosine {worst:.5}");
         assert!(worst >= 0.99, "{precision}: min cosine {worst}");
+    }
+}
+
+#[test]
+fn packed_and_padded_layouts_agree() {
+    let Some(model) = load() else { return };
+    assert_eq!(model.default_layout(), BatchLayout::Packed);
+    let items = minilm_reference();
+    let ids: Vec<Vec<u32>> = items
+        .iter()
+        .map(|i| model.tokenizer().encode(&i.text, true).unwrap())
+        .collect();
+    let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+    let packed = model.embed_tokens_with(&refs, BatchLayout::Packed).unwrap();
+    let padded = model.embed_tokens_with(&refs, BatchLayout::Padded).unwrap();
+    for (i, (a, b)) in packed.iter().zip(&padded).enumerate() {
+        let d = max_abs_diff(a, b);
+        assert!(d <= 1e-5, "layouts differ by {d} on {:?}", items[i].text);
+        assert!(max_abs_diff(a, &items[i].embedding) <= 1e-4);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Requests are split into items (one per input). The batch loop, which alone owns the queue,
 //! waits after the first item arrives at most `max_queue_delay_ms` for more (less when a full batch
-//! is already there), then forms a batch of at most `max_batch_size` items and `max_batch_tokens`
+//! or as many items as the previous batch held are there; not at all after a batch of one), then
+//! forms a batch of at most `max_batch_size` items and `max_batch_tokens`
 //! padded tokens (longest × count). The oldest waiting item is always in the next batch, and the
 //! rest are chosen, among the next waiting items, by closeness of length to it: padding stays small
 //! and no item waits behind more batches than there were items ahead of it. A request's items may
@@ -104,6 +105,7 @@ impl EmbeddingScheduler {
             jobs: HashMap::new(),
             pending: VecDeque::new(),
             next_job: 0,
+            expected_batch: 1,
         };
         let thread = std::thread::Builder::new()
             .name(format!("batch-{model}"))
@@ -206,6 +208,8 @@ struct BatchLoop {
     /// Waiting items, oldest first.
     pending: VecDeque<Item>,
     next_job: u64,
+    /// Size of the previous batch: how many items the next one may expect to share it.
+    expected_batch: usize,
 }
 
 impl BatchLoop {
@@ -266,13 +270,20 @@ impl BatchLoop {
         }
     }
 
-    /// After the oldest item arrived, waits up to `max_delay` for a full batch.
+    /// After the oldest item arrived, waits up to `max_delay` for the company it expects: as
+    /// many items as the previous batch held (a running estimate of the concurrency), or a full
+    /// batch. After a batch of one it does not wait: a lone client then pays no delay, and when
+    /// more clients come, they queue during that compute and the next batch shows them.
     fn wait_for_more(&mut self) {
         let Some(oldest) = self.pending.front().map(|i| self.jobs[&i.job].submitted) else {
             return;
         };
+        let expected = self.expected_batch.clamp(1, self.max_batch_size);
+        if expected <= 1 {
+            return;
+        }
         let deadline = oldest + self.max_delay;
-        while !self.full_batch_waiting() {
+        while !self.full_batch_waiting() && self.pending.len() < expected {
             let now = Instant::now();
             if now >= deadline {
                 return;
@@ -335,12 +346,14 @@ impl BatchLoop {
                 batch.push(item);
             }
         }
+        batch.reverse(); // arrival order
         batch
     }
 
     fn compute(&mut self, batch: Vec<Item>) {
         let start = Instant::now();
         let n = batch.len();
+        self.expected_batch = n;
         self.waiting_items.fetch_sub(n, Ordering::SeqCst);
         m::set_queue_depth(&self.model, self.waiting_items.load(Ordering::SeqCst));
         m::record_batch_size(&self.model, n);
@@ -593,6 +606,55 @@ mod tests {
             log.lock().unwrap().len(),
             2,
             "five requests waited together: one batch"
+        );
+    }
+
+    #[test]
+    fn a_lone_client_pays_no_queue_delay() {
+        // A delay far longer than the test may take: only the company rule can skip it.
+        let s = EmbeddingScheduler::start("t", Box::<TestEngine>::default(), &spec(8, 60_000, 16))
+            .unwrap();
+        let start = Instant::now();
+        for i in 0..3 {
+            let r = s.submit(vec![vec![i + 1]]).unwrap();
+            assert_eq!(r.blocking_recv().unwrap().unwrap().batch_size, 1);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a lone request waited for company"
+        );
+    }
+
+    #[test]
+    fn waits_for_as_many_items_as_the_previous_batch_held() {
+        let (engine, open, log) = gated();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(8, 60_000, 32)).unwrap();
+        let a = s.submit(vec![vec![1]]).unwrap();
+        wait_until(|| s.queue_depth() == 0); // A computes alone, at once
+        let b: Vec<_> = (0..3)
+            .map(|i| s.submit(vec![vec![10 + i]]).unwrap())
+            .collect();
+        open.send(()).unwrap(); // A done; the three queued meanwhile form the next batch
+        wait_until(|| s.queue_depth() == 0);
+        open.send(()).unwrap(); // B done: the loop now expects company of three
+        assert!(a.blocking_recv().unwrap().is_ok());
+        for r in b {
+            assert_eq!(r.blocking_recv().unwrap().unwrap().batch_size, 3);
+        }
+        let c1 = s.submit(vec![vec![20]]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let c23: Vec<_> = (0..2)
+            .map(|i| s.submit(vec![vec![21 + i]]).unwrap())
+            .collect();
+        open.send(()).unwrap();
+        assert_eq!(c1.blocking_recv().unwrap().unwrap().batch_size, 3);
+        for r in c23 {
+            assert!(r.blocking_recv().unwrap().is_ok());
+        }
+        drop(s);
+        assert_eq!(
+            *log.lock().unwrap(),
+            vec![vec![1], vec![10, 11, 12], vec![20, 21, 22]]
         );
     }
 

@@ -358,6 +358,7 @@ async fn offline_ceiling(
                 .map_err(|e| BenchError::Target(format!("offline ceiling: {e}")))
         };
         run(&batches[0])?; // warm-up
+        let cpu0 = procfs::process_cpu_seconds();
         let start = Instant::now();
         let (mut done, mut count) = (0usize, 0usize);
         while start.elapsed().as_secs_f64() < seconds || count == 0 {
@@ -366,11 +367,17 @@ async fn offline_ceiling(
             done += batch.len();
             count += 1;
         }
+        let elapsed = start.elapsed().as_secs_f64();
+        let cpu = match (cpu0, procfs::process_cpu_seconds()) {
+            (Some(a), Some(b)) if b > a => Some(b - a),
+            _ => None,
+        };
         Ok(CeilingReport {
             model: spec.name.clone(),
             batch_size: b,
-            inputs_per_s: done as f64 / start.elapsed().as_secs_f64(),
+            inputs_per_s: done as f64 / elapsed,
             batches: count,
+            inputs_per_cpu_s: cpu.map(|c| done as f64 / c),
         })
     })
     .await

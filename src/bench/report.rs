@@ -169,6 +169,8 @@ pub struct CeilingReport {
     pub inputs_per_s: f64,
     /// Forward passes timed.
     pub batches: usize,
+    /// Inputs per process CPU-second during the measurement (the server is idle meanwhile).
+    pub inputs_per_cpu_s: Option<f64>,
 }
 
 /// Everything one `wattserve bench` run measured.
@@ -263,8 +265,12 @@ pub fn table(r: &BenchReport) -> String {
     }
     for c in &r.ceilings {
         out.push_str(&format!(
-            "engine ceiling (in-process, no HTTP): {} at batch {}: {:.1} inputs/s over {} batches\n",
-            c.model, c.batch_size, c.inputs_per_s, c.batches
+            "engine ceiling (in-process, no HTTP): {} at batch {}: {:.1} inputs/s ({} inputs/CPU-s) over {} batches\n",
+            c.model,
+            c.batch_size,
+            c.inputs_per_s,
+            c.inputs_per_cpu_s.map_or("-".into(), |v| format!("{v:.1}")),
+            c.batches
         ));
     }
     out

@@ -109,18 +109,35 @@ impl SelfAttention {
         })
     }
 
-    /// `x`: (B, T, H); `mask`: (B, 1, 1, T) additive f32. Returns (B, T, H).
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor, EngineError> {
-        let (b, t, h) = x.dims3()?;
-        let split = |y: Tensor| -> candle_core::Result<Tensor> {
+    /// Self-attention block over a batch in either layout; returns the same shape as `x`.
+    fn forward(&self, x: &Tensor, layout: &Layout) -> Result<Tensor, EngineError> {
+        let q = self.query.forward(x)?;
+        let k = self.key.forward(x)?;
+        let v = self.value.forward(x)?;
+        let context = match layout {
+            Layout::Padded { mask } => self.attend_padded(&q, &k, &v, mask)?,
+            Layout::Packed { spans } => self.attend_packed(&q, &k, &v, spans)?,
+        };
+        let projected = self.output.forward(&context)?;
+        Ok(self.output_norm.forward(&(projected + x)?)?)
+    }
+
+    /// `q`, `k`, `v`: (B, T, H); `mask`: (B, 1, 1, T) additive f32. Returns (B, T, H).
+    fn attend_padded(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+    ) -> Result<Tensor, EngineError> {
+        let (b, t, h) = q.dims3()?;
+        let split = |y: &Tensor| -> candle_core::Result<Tensor> {
             // (B, T, H) -> (B, nh, T, hd)
             y.reshape((b, t, self.heads, self.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.query.forward(x)?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
+        let (q, k, v) = (split(q)?, split(k)?, split(v)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // (B, nh, T, T), softmax always in f32
         let scores = (q.matmul(&k.t()?)? * scale)?
@@ -128,14 +145,66 @@ impl SelfAttention {
             .broadcast_add(mask)?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         // (B, nh, T, hd) -> (B, T, H)
-        let context = probs
+        Ok(probs
             .matmul(&v)?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b, t, h))?;
-        let projected = self.output.forward(&context)?;
-        Ok(self.output_norm.forward(&(projected + x)?)?)
+            .reshape((b, t, h))?)
     }
+
+    /// `q`, `k`, `v`: (N, H), the tokens of all sequences one after another; each span is one
+    /// sequence. Attention runs per sequence, so no token ever sees another sequence and nothing
+    /// is padded. Returns (N, H).
+    fn attend_packed(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        spans: &[(usize, usize)],
+    ) -> Result<Tensor, EngineError> {
+        let h = q.dim(1)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut contexts = Vec::with_capacity(spans.len());
+        for &(start, len) in spans {
+            let split = |y: &Tensor| -> candle_core::Result<Tensor> {
+                // (len, H) -> (nh, len, hd)
+                y.narrow(0, start, len)?
+                    .reshape((len, self.heads, self.head_dim))?
+                    .transpose(0, 1)?
+                    .contiguous()
+            };
+            let (qi, ki, vi) = (split(q)?, split(k)?, split(v)?);
+            // (nh, len, len), softmax in f32
+            let scores = (qi.matmul(&ki.t()?)? * scale)?.to_dtype(DType::F32)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vi.dtype())?;
+            // (nh, len, hd) -> (len, H)
+            contexts.push(
+                probs
+                    .matmul(&vi)?
+                    .transpose(0, 1)?
+                    .contiguous()?
+                    .reshape((len, h))?,
+            );
+        }
+        Ok(Tensor::cat(&contexts, 0)?)
+    }
+}
+
+/// How the sequences of a batch are laid out in the activations.
+pub enum Layout {
+    /// (B, T, H) padded to the longest, with an additive (B, 1, 1, T) f32 mask. One batched
+    /// attention for all: the layout for GPUs, where many small kernels cost more than padding.
+    Padded {
+        /// 0 for real tokens, a large negative number for padding.
+        mask: Tensor,
+    },
+    /// (N, H): the real tokens of every sequence one after another, no padding; attention per
+    /// sequence. The layout for CPUs, where padded tokens cost as much as real ones: every
+    /// projection (95% of the FLOPs) runs on real tokens only.
+    Packed {
+        /// (first row, length) of each sequence.
+        spans: Vec<(usize, usize)>,
+    },
 }
 
 struct FeedForward {
@@ -266,30 +335,78 @@ impl BertEncoder {
 
     /// `input_ids`: (B, T) u32, `attention_mask`: (B, T) f32 with 1 for real tokens and 0 for
     /// padding. Returns the last hidden state (B, T, H) in f32.
-    pub fn forward(
+    pub fn forward_padded(
         &self,
         input_ids: &Tensor,
         attention_mask: &Tensor,
     ) -> Result<Tensor, EngineError> {
         let (b, t) = input_ids.dims2()?;
-        if t > self.max_positions {
-            return Err(EngineError::Unsupported(format!(
-                "sequence of {t} tokens exceeds the model's {} positions",
-                self.max_positions
-            )));
-        }
+        self.check_len(t)?;
         // (B, T, H)
         let words = self.word.forward(input_ids)?;
         let positions = self.position.narrow(0, 0, t)?;
         let x = words
             .broadcast_add(&positions)?
             .broadcast_add(&self.token_type0)?;
-        let mut x = self.embed_norm.forward(&x)?;
         // (B, 1, 1, T): 0 where attended, MASKED where padded.
         let mask = (attention_mask.to_dtype(DType::F32)?.affine(-1.0, 1.0)? * MASKED as f64)?
             .reshape((b, 1, 1, t))?;
+        self.encode(x, &Layout::Padded { mask })
+    }
+
+    /// `sequences` packed without padding. Returns the last hidden state (N, H) in f32, N the
+    /// total number of tokens, and each sequence's (first row, length).
+    pub fn forward_packed(
+        &self,
+        sequences: &[&[u32]],
+    ) -> Result<(Tensor, Vec<(usize, usize)>), EngineError> {
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(sequences.len());
+        for seq in sequences {
+            self.check_len(seq.len())?;
+            if seq.is_empty() {
+                return Err(EngineError::Unsupported(
+                    "cannot encode an empty token sequence".into(),
+                ));
+            }
+            spans.push((ids.len(), seq.len()));
+            ids.extend_from_slice(seq);
+            positions.extend(0..seq.len() as u32);
+        }
+        let n = ids.len();
+        let ids = Tensor::from_vec(ids, n, &self.device)?;
+        let positions = Tensor::from_vec(positions, n, &self.device)?;
+        // (N, H)
+        let x = self
+            .word
+            .forward(&ids)?
+            .add(&self.position.index_select(&positions, 0)?)?
+            .broadcast_add(&self.token_type0)?;
+        let hidden = self.encode(
+            x,
+            &Layout::Packed {
+                spans: spans.clone(),
+            },
+        )?;
+        Ok((hidden, spans))
+    }
+
+    fn check_len(&self, t: usize) -> Result<(), EngineError> {
+        if t > self.max_positions {
+            return Err(EngineError::Unsupported(format!(
+                "sequence of {t} tokens exceeds the model's {} positions",
+                self.max_positions
+            )));
+        }
+        Ok(())
+    }
+
+    /// Embedding LayerNorm, then every layer; returns f32.
+    fn encode(&self, x: Tensor, layout: &Layout) -> Result<Tensor, EngineError> {
+        let mut x = self.embed_norm.forward(&x)?;
         for layer in &self.layers {
-            x = layer.attention.forward(&x, &mask)?;
+            x = layer.attention.forward(&x, layout)?;
             x = layer.ffn.forward(&x)?;
         }
         Ok(x.to_dtype(DType::F32)?)

@@ -143,17 +143,54 @@ impl EmbeddingModel {
         let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
         self.embed_tokens(&refs)
     }
+
+    /// The batch layout used by [`Embedder::embed_tokens`] on this model's device.
+    pub fn default_layout(&self) -> BatchLayout {
+        if self.encoder.device().is_cpu() {
+            BatchLayout::Packed
+        } else {
+            BatchLayout::Padded
+        }
+    }
+
+    /// Embeds token sequences in one forward pass with an explicit layout.
+    pub fn embed_tokens_with(
+        &self,
+        sequences: &[&[u32]],
+        layout: BatchLayout,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        if sequences.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pooled = match layout {
+            BatchLayout::Padded => {
+                let (ids, mask) =
+                    pad_batch(sequences, self.tokenizer.pad_id(), self.encoder.device())?;
+                let hidden = self.encoder.forward_padded(&ids, &mask)?; // (B, T, H) f32
+                self.pooling.apply(&hidden, &mask)? // (B, H)
+            }
+            BatchLayout::Packed => {
+                let (hidden, spans) = self.encoder.forward_packed(sequences)?; // (N, H) f32
+                self.pooling.apply_packed(&hidden, &spans)? // (B, H)
+            }
+        };
+        Ok(pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+    }
+}
+
+/// How a batch of sequences of different lengths is laid out for the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchLayout {
+    /// Padded to the longest, with an attention mask (default on GPUs).
+    Padded,
+    /// Packed without padding, attention per sequence (default on CPUs: padded tokens cost as
+    /// much compute as real ones there).
+    Packed,
 }
 
 impl Embedder for EmbeddingModel {
     fn embed_tokens(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError> {
-        if sequences.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (ids, mask) = pad_batch(sequences, self.tokenizer.pad_id(), self.encoder.device())?;
-        let hidden = self.encoder.forward(&ids, &mask)?; // (B, T, H) f32
-        let pooled = self.pooling.apply(&hidden, &mask)?; // (B, H)
-        Ok(pooled.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        self.embed_tokens_with(sequences, self.default_layout())
     }
 }
 

@@ -120,6 +120,45 @@ impl Pooling {
                 hidden.broadcast_add(&penalty)?.max(1)?
             }
         };
+        self.finish(pooled)
+    }
+
+    /// `hidden`: (N, H) f32, the tokens of all sequences one after another; `spans`: (first row,
+    /// length) of each sequence. Returns (B, H).
+    pub fn apply_packed(
+        &self,
+        hidden: &Tensor,
+        spans: &[(usize, usize)],
+    ) -> Result<Tensor, EngineError> {
+        let pooled = match self.mode {
+            PoolingMode::Cls => {
+                let firsts: Vec<u32> = spans.iter().map(|&(s, _)| s as u32).collect();
+                let idx = Tensor::from_vec(firsts, spans.len(), hidden.device())?;
+                hidden.index_select(&idx, 0)?
+            }
+            PoolingMode::Mean => {
+                // One matmul: (B, N) averaging weights × (N, H).
+                let n = hidden.dim(0)?;
+                let mut weights = vec![0f32; spans.len() * n];
+                for (b, &(start, len)) in spans.iter().enumerate() {
+                    let w = 1.0 / len.max(1) as f32;
+                    weights[b * n + start..b * n + start + len].fill(w);
+                }
+                Tensor::from_vec(weights, (spans.len(), n), hidden.device())?.matmul(hidden)?
+            }
+            PoolingMode::Max => {
+                let rows = spans
+                    .iter()
+                    .map(|&(start, len)| hidden.narrow(0, start, len)?.max_keepdim(0))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)?
+            }
+        };
+        self.finish(pooled)
+    }
+
+    /// L2 normalization when configured.
+    fn finish(&self, pooled: Tensor) -> Result<Tensor, EngineError> {
         if !self.normalize {
             return Ok(pooled);
         }
@@ -176,6 +215,30 @@ mod tests {
             cls.apply(&h, &m).unwrap().to_vec2::<f32>().unwrap(),
             vec![vec![1., 2.]]
         );
+    }
+
+    #[test]
+    fn packed_pooling_equals_padded_pooling() {
+        // Two sequences: lengths 2 and 1, H = 2.
+        let packed = Tensor::new(&[[1f32, 2.], [3., 6.], [5., -1.]], &Device::Cpu).unwrap();
+        let padded = Tensor::new(
+            &[[[1f32, 2.], [3., 6.]], [[5., -1.], [9., 9.]]],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mask = Tensor::new(&[[1f32, 1.], [1., 0.]], &Device::Cpu).unwrap();
+        for mode in [PoolingMode::Mean, PoolingMode::Cls, PoolingMode::Max] {
+            for normalize in [false, true] {
+                let p = Pooling { mode, normalize };
+                let a = p
+                    .apply_packed(&packed, &[(0, 2), (2, 1)])
+                    .unwrap()
+                    .to_vec2::<f32>()
+                    .unwrap();
+                let b = p.apply(&padded, &mask).unwrap().to_vec2::<f32>().unwrap();
+                assert_eq!(a, b, "{mode:?} normalize={normalize}");
+            }
+        }
     }
 
     #[test]

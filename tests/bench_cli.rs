@@ -1,0 +1,87 @@
+//! `wattserve bench` end to end: an in-process server, the real model, the JSON report.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn bench_reports_every_request_of_every_level() {
+    if !minilm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_wattserve"))
+        .args([
+            "bench",
+            "--model",
+            "minilm",
+            "--unbatched-baseline",
+            "--concurrency",
+            "1,4",
+        ])
+        .args(["--requests", "12", "--warmup", "0", "--generate", "16"])
+        .arg("--models-dir")
+        .arg(models_dir())
+        .arg("--json")
+        .arg(&json)
+        .env("WATTSERVE_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("req/s") && stdout.contains("minilm@unbatched"),
+        "{stdout}"
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let levels = report["levels"].as_array().unwrap();
+    let rows: Vec<(String, String)> = levels
+        .iter()
+        .map(|l| {
+            (
+                l["model"].as_str().unwrap().into(),
+                l["load"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("minilm", "c=1"),
+            ("minilm", "c=4"),
+            ("minilm@unbatched", "c=1"),
+            ("minilm@unbatched", "c=4")
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+    );
+    for l in levels {
+        assert_eq!(l["requests"], 12, "{l}");
+        assert!(l["errors"].as_object().unwrap().is_empty(), "{l}");
+        assert!(l["p50_ms"].as_f64().unwrap() > 0.0);
+        assert!(l["p99_ms"].as_f64().unwrap() >= l["p50_ms"].as_f64().unwrap());
+        assert!(l["cpu_seconds"].as_f64().unwrap() > 0.0);
+    }
+    // Without batching every request is computed alone.
+    assert_eq!(levels[2]["mean_batch_size"], 1.0);
+    assert_eq!(levels[3]["mean_batch_size"], 1.0);
+    assert_eq!(report["distinct_inputs"], 16);
+}
+
+#[test]
+fn bench_rejects_bad_options_with_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wattserve"))
+        .args(["bench", "--url", "http://127.0.0.1:9", "--offline-ceiling"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in-process"), "{stderr}");
+}
