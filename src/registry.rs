@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::EmbeddingScheduler;
-use crate::engine::embedding_model::EmbeddingLoadOptions;
 use crate::engine::{DeviceSpec, EmbeddingModel, EmbeddingTokenizer, EngineError, Precision};
 use crate::repository::{ModelEntry, Task, WeightFormat};
 
@@ -105,14 +104,7 @@ fn load_one(entry: &ModelEntry) -> Result<ServedModel, EngineError> {
                     .into(),
         });
     }
-    let model = EmbeddingModel::load(&EmbeddingLoadOptions {
-        weights_dir: entry.weights.clone(),
-        precision: spec.precision,
-        device: spec.device,
-        pooling: spec.pooling,
-        normalize: spec.normalize,
-        max_tokens: spec.max_tokens,
-    })?;
+    let model = EmbeddingModel::load(&entry.embedding_load_options())?;
     let tokenizer = model.tokenizer().clone();
     let dimensions = model.dimensions();
     let scheduler = EmbeddingScheduler::start(&spec.name, Box::new(model), &spec.batching)

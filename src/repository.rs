@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_toml, ConfigError};
+use crate::engine::embedding_model::EmbeddingLoadOptions;
 use crate::engine::pooling::PoolingMode;
 use crate::engine::{DeviceSpec, Precision};
 
@@ -100,6 +101,20 @@ pub struct ModelEntry {
     pub file: PathBuf,
     /// `spec.path` resolved against the model folder.
     pub weights: PathBuf,
+}
+
+impl ModelEntry {
+    /// The engine's load options for this embedding model.
+    pub fn embedding_load_options(&self) -> EmbeddingLoadOptions {
+        EmbeddingLoadOptions {
+            weights_dir: self.weights.clone(),
+            precision: self.spec.precision,
+            device: self.spec.device,
+            pooling: self.spec.pooling,
+            normalize: self.spec.normalize,
+            max_tokens: self.spec.max_tokens,
+        }
+    }
 }
 
 /// Reads `models_dir/<folder>/model.toml` for each folder in `selected` (every folder that has

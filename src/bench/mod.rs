@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use crate::config::{Config, Overrides};
-use crate::engine::embedding_model::EmbeddingLoadOptions;
 use crate::engine::{Embedder, EmbeddingModel};
 use crate::repository::{discover, ModelEntry};
 use crate::Server;
@@ -333,15 +332,8 @@ async fn offline_ceiling(
     let inputs = inputs.clone();
     tokio::task::spawn_blocking(move || {
         let spec = &entry.spec;
-        let model = EmbeddingModel::load(&EmbeddingLoadOptions {
-            weights_dir: entry.weights.clone(),
-            precision: spec.precision,
-            device: spec.device,
-            pooling: spec.pooling,
-            normalize: spec.normalize,
-            max_tokens: spec.max_tokens,
-        })
-        .map_err(|e| BenchError::Target(format!("offline ceiling: {e}")))?;
+        let model = EmbeddingModel::load(&entry.embedding_load_options())
+            .map_err(|e| BenchError::Target(format!("offline ceiling: {e}")))?;
         let ids: Vec<Vec<u32>> = inputs
             .iter()
             .map(|t| model.tokenizer().encode(t, true))
