@@ -56,6 +56,111 @@ pub struct Config {
     pub limits: Limits,
     /// Compute runtime knobs.
     pub runtime: RuntimeConfig,
+    /// Energy measurement.
+    pub energy: EnergyConfig,
+    /// Grid carbon intensity and embodied carbon.
+    pub carbon: CarbonConfig,
+    /// Electricity and hardware prices.
+    pub cost: CostConfig,
+}
+
+/// Which energy source `[energy] source` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceChoice {
+    /// GPU models: NVML, else the estimate. CPU models: RAPL, else the estimate.
+    #[default]
+    Auto,
+    /// NVML only (fails at start where unavailable).
+    Nvml,
+    /// RAPL only (fails at start where unavailable).
+    Rapl,
+    /// The CPU-time estimate.
+    Estimate,
+}
+
+/// `[energy]`: how energy is measured and attributed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EnergyConfig {
+    /// false turns metering off (no energy headers; for measuring its overhead).
+    pub enabled: bool,
+    /// auto | nvml | rapl | estimate.
+    pub source: SourceChoice,
+    /// Background sampling period, for idle energy and the power gauge.
+    pub sample_interval_ms: u64,
+    /// Give the idle part of intervals in which some batch ran to those batches.
+    pub attribute_idle: bool,
+    /// Root of the powercap tree (RAPL).
+    pub powercap_root: PathBuf,
+    /// RAPL: charge this process only its CPU-time share of the package energy.
+    pub rapl_process_share: bool,
+    /// Estimate: watts per fully busy core (TDP / cores of your CPU).
+    pub cpu_watts_per_core: f64,
+    /// Estimate: watts per GB of resident memory.
+    pub dram_watts_per_gb: f64,
+}
+
+impl Default for EnergyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            source: SourceChoice::Auto,
+            sample_interval_ms: 1000,
+            attribute_idle: false,
+            powercap_root: PathBuf::from("/sys/class/powercap"),
+            rapl_process_share: true,
+            cpu_watts_per_core: 12.0,
+            dram_watts_per_gb: 0.3725,
+        }
+    }
+}
+
+/// `[carbon]`: the grid's carbon intensity and the hardware's embodied carbon.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CarbonConfig {
+    /// Zone of the built-in table (country code, a few grid regions, `WORLD`).
+    pub zone: String,
+    /// gCO2e/kWh, overriding the zone's value.
+    pub intensity: Option<f64>,
+    /// Embodied emissions of the hardware, kgCO2e (the SCI term M); 0 = not counted.
+    pub embodied_kgco2e: f64,
+    /// Lifetime over which the embodied emissions are spread, years.
+    pub lifetime_years: f64,
+}
+
+impl Default for CarbonConfig {
+    fn default() -> Self {
+        Self {
+            zone: "WORLD".into(),
+            intensity: None,
+            embodied_kgco2e: 0.0,
+            lifetime_years: 4.0,
+        }
+    }
+}
+
+/// `[cost]`: what energy and hardware cost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostConfig {
+    /// Electricity price, USD per kWh.
+    pub electricity_usd_per_kwh: f64,
+    /// Power usage effectiveness of the facility (1.0 = no overhead).
+    pub pue: f64,
+    /// The hardware's hourly cost (instance price or amortized purchase), USD.
+    pub hardware_usd_per_hour: f64,
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        Self {
+            electricity_usd_per_kwh: 0.15,
+            pue: 1.0,
+            hardware_usd_per_hour: 0.0,
+        }
+    }
 }
 
 /// `[server]`: where to listen and what to serve.
@@ -206,6 +311,50 @@ impl Config {
         }
         if self.limits.request_timeout_ms == 0 {
             return Err(invalid("limits.request_timeout_ms", "must be at least 1"));
+        }
+        if self.energy.sample_interval_ms == 0 {
+            return Err(invalid("energy.sample_interval_ms", "must be at least 1"));
+        }
+        let positive = |v: f64| v.is_finite() && v >= 0.0;
+        for (field, v) in [
+            ("energy.cpu_watts_per_core", self.energy.cpu_watts_per_core),
+            ("energy.dram_watts_per_gb", self.energy.dram_watts_per_gb),
+            ("carbon.embodied_kgco2e", self.carbon.embodied_kgco2e),
+            (
+                "cost.electricity_usd_per_kwh",
+                self.cost.electricity_usd_per_kwh,
+            ),
+            (
+                "cost.hardware_usd_per_hour",
+                self.cost.hardware_usd_per_hour,
+            ),
+        ] {
+            if !positive(v) {
+                return Err(invalid(field, "must be a number >= 0"));
+            }
+        }
+        if !(self.cost.pue.is_finite() && self.cost.pue >= 1.0) {
+            return Err(invalid("cost.pue", "must be >= 1.0"));
+        }
+        if !(self.carbon.lifetime_years.is_finite() && self.carbon.lifetime_years > 0.0) {
+            return Err(invalid("carbon.lifetime_years", "must be > 0"));
+        }
+        match self.carbon.intensity {
+            Some(i) if !positive(i) => {
+                return Err(invalid("carbon.intensity", "must be a number >= 0"))
+            }
+            Some(_) => {}
+            None => {
+                if crate::meter::zones::find(&self.carbon.zone).is_none() {
+                    return Err(invalid(
+                        "carbon.zone",
+                        &format!(
+                            "`{}` is not in the built-in table (see src/meter/zones.rs), and no carbon.intensity is set",
+                            self.carbon.zone
+                        ),
+                    ));
+                }
+            }
         }
         if let Some(bad) = self.server.models.iter().find(|m| m.trim().is_empty()) {
             return Err(invalid(

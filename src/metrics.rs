@@ -4,7 +4,8 @@
 //! ([`install`]) and rendered by `GET /metrics`. Names carry their units, as Prometheus' naming
 //! guide asks. When no recorder is installed (library use without a server) recording is a no-op.
 
-use std::sync::OnceLock;
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use metrics::{
@@ -25,6 +26,86 @@ pub const REQUESTS: &str = "wattserve_requests_total";
 /// Tokens processed, by model and kind (`prompt`).
 pub const TOKENS: &str = "wattserve_tokens_total";
 
+/// Energy attributed to requests (all batches, failed ones included), by model and source.
+pub const ENERGY: &str = "wattserve_energy_joules_total";
+/// Energy measured while no batch was active, by device.
+pub const IDLE_ENERGY: &str = "wattserve_idle_energy_joules_total";
+/// CO2e attributed to requests, grams, by model.
+pub const CO2E: &str = "wattserve_co2e_grams_total";
+/// Cost attributed to requests, USD, by model.
+pub const COST: &str = "wattserve_cost_usd_total";
+/// Average device power over the latest closed ledger interval.
+pub const DEVICE_POWER: &str = "wattserve_device_power_watts";
+/// Energy per successful request, joules.
+pub const ENERGY_PER_REQUEST: &str = "wattserve_energy_per_request_joules";
+
+/// Fractional counters (joules, grams, dollars): the `metrics` facade counts in integers, so these
+/// are kept here and rendered beside the exporter's output.
+static FLOATS: Mutex<BTreeMap<(&'static str, String), f64>> = Mutex::new(BTreeMap::new());
+
+const FLOAT_HELP: &[(&str, &str)] = &[
+    (
+        ENERGY,
+        "Energy attributed to requests, joules (failed batches included)",
+    ),
+    (
+        IDLE_ENERGY,
+        "Energy measured while no batch was active, joules",
+    ),
+    (
+        CO2E,
+        "CO2e attributed to requests, grams (SCI: energy x PUE x intensity + embodied share)",
+    ),
+    (
+        COST,
+        "Cost attributed to requests, USD (energy x PUE x price + hardware share)",
+    ),
+];
+
+/// Adds `value` to the fractional counter `name{labels}`.
+pub fn add_float(name: &'static str, labels: &[(&str, &str)], value: f64) {
+    if !value.is_finite() || value <= 0.0 {
+        return;
+    }
+    let rendered = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect::<Vec<_>>()
+        .join(",");
+    if let Ok(mut map) = FLOATS.lock() {
+        *map.entry((name, rendered)).or_default() += value;
+    }
+}
+
+/// The fractional counters in Prometheus text format.
+pub fn render_floats() -> String {
+    let Ok(map) = FLOATS.lock() else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for (name, help) in FLOAT_HELP {
+        let rows: Vec<_> = map.iter().filter(|((n, _), _)| n == name).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
+        for ((_, labels), v) in rows {
+            out.push_str(&format!("{name}{{{labels}}} {v}\n"));
+        }
+    }
+    out
+}
+
+/// Sets `wattserve_device_power_watts{device}`.
+pub fn set_device_power(device: &str, watts: f64) {
+    gauge!(DEVICE_POWER, "device" => device.to_string()).set(watts);
+}
+
+/// Observes one request's energy.
+pub fn record_request_energy(model: &str, joules: f64) {
+    histogram!(ENERGY_PER_REQUEST, "model" => model.to_string()).record(joules);
+}
+
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the Prometheus recorder (once per process; later calls return the same handle).
@@ -37,6 +118,14 @@ pub fn install() -> Option<PrometheusHandle> {
                     Matcher::Full(BATCH_SIZE.into()),
                     &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
                 )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(ENERGY_PER_REQUEST.into()),
+                        &[
+                            0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 50.0, 100.0,
+                        ],
+                    )
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Suffix("_seconds".into()),
@@ -90,6 +179,14 @@ fn describe() {
         "Requests answered, by model, endpoint and status"
     );
     describe_counter!(TOKENS, Unit::Count, "Tokens processed, by model and kind");
+    describe_gauge!(
+        DEVICE_POWER,
+        "Average device power over the latest ledger interval, watts"
+    );
+    describe_histogram!(
+        ENERGY_PER_REQUEST,
+        "Energy attributed to each successful request, joules"
+    );
 }
 
 /// Sets `wattserve_queue_depth{model}`.

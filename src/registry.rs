@@ -6,8 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::collections::HashMap;
+
 use crate::batch::EmbeddingScheduler;
+use crate::config::Config;
 use crate::engine::{DeviceSpec, EmbeddingModel, EmbeddingTokenizer, EngineError, Precision};
+use crate::meter::pricing::Pricing;
+use crate::meter::{select_source, Meter};
 use crate::repository::{ModelEntry, Task, WeightFormat};
 
 /// A model that failed to load, with the file that configured it.
@@ -40,6 +45,8 @@ pub struct ServedModel {
     pub created: u64,
     /// How long loading took.
     pub load_time: Duration,
+    /// The meter of its device; `None` when metering is off.
+    pub meter: Option<Arc<Meter>>,
 }
 
 /// All served models by name.
@@ -51,10 +58,46 @@ pub struct Registry {
 impl Registry {
     /// Loads every entry (blocking: call from a blocking thread). Fails on the first model that
     /// cannot be loaded.
-    pub fn load(entries: &[ModelEntry]) -> Result<Self, LoadError> {
+    pub fn load(entries: &[ModelEntry], config: &Config) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
+        let mut meters: HashMap<DeviceSpec, Arc<Meter>> = HashMap::new();
+        let pricing = Arc::new(Pricing::from_config(&config.carbon, &config.cost));
         for entry in entries {
-            let served = load_one(entry).map_err(|source| LoadError {
+            let meter = if config.energy.enabled && entry.metered {
+                match meters.get(&entry.spec.device) {
+                    Some(m) => Some(m.clone()),
+                    None => {
+                        let (source, skipped) = select_source(&config.energy, entry.spec.device)
+                            .map_err(|e| LoadError {
+                                model: entry.spec.name.clone(),
+                                file: entry.file.clone(),
+                                source: Box::new(EngineError::Unsupported(format!(
+                                    "energy.source = \"{}\": {e}",
+                                    serde_json::to_value(config.energy.source)
+                                        .ok()
+                                        .and_then(|v| v.as_str().map(str::to_string))
+                                        .unwrap_or_default()
+                                ))),
+                            })?;
+                        for line in skipped {
+                            tracing::warn!("{line}");
+                        }
+                        let meter = Meter::start(source, &config.energy, pricing.clone());
+                        tracing::info!(
+                            device = %entry.spec.device,
+                            method = meter.method(),
+                            "energy: metering {} with {}",
+                            entry.spec.device,
+                            meter.method()
+                        );
+                        meters.insert(entry.spec.device, meter.clone());
+                        Some(meter)
+                    }
+                }
+            } else {
+                None
+            };
+            let served = load_one(entry, meter).map_err(|source| LoadError {
                 model: entry.spec.name.clone(),
                 file: entry.file.clone(),
                 source: Box::new(source),
@@ -80,7 +123,7 @@ impl Registry {
     }
 }
 
-fn load_one(entry: &ModelEntry) -> Result<ServedModel, EngineError> {
+fn load_one(entry: &ModelEntry, meter: Option<Arc<Meter>>) -> Result<ServedModel, EngineError> {
     let spec = &entry.spec;
     let start = Instant::now();
     match (spec.task, spec.format) {
@@ -107,11 +150,12 @@ fn load_one(entry: &ModelEntry) -> Result<ServedModel, EngineError> {
     let model = EmbeddingModel::load(&entry.embedding_load_options())?;
     let tokenizer = model.tokenizer().clone();
     let dimensions = model.dimensions();
-    let scheduler = EmbeddingScheduler::start(&spec.name, Box::new(model), &spec.batching)
-        .map_err(|source| EngineError::Io {
-            path: entry.file.clone(),
-            source,
-        })?;
+    let scheduler =
+        EmbeddingScheduler::start(&spec.name, Box::new(model), &spec.batching, meter.clone())
+            .map_err(|source| EngineError::Io {
+                path: entry.file.clone(),
+                source,
+            })?;
     let load_time = start.elapsed();
     tracing::info!(
         model = %spec.name,
@@ -134,5 +178,6 @@ fn load_one(entry: &ModelEntry) -> Result<ServedModel, EngineError> {
             .map(|d| d.as_secs())
             .unwrap_or(0),
         load_time,
+        meter,
     })
 }

@@ -101,6 +101,9 @@ pub struct ModelEntry {
     pub file: PathBuf,
     /// `spec.path` resolved against the model folder.
     pub weights: PathBuf,
+    /// Whether this model is metered (when `[energy] enabled`); the benchmark turns it off for a
+    /// variant to measure the metering overhead.
+    pub metered: bool,
 }
 
 impl ModelEntry {
@@ -215,6 +218,7 @@ fn read_entry(file: &Path, folder: &str) -> Result<ModelEntry, ConfigError> {
         spec,
         file: file.to_path_buf(),
         weights,
+        metered: true,
     })
 }
 

@@ -38,6 +38,7 @@ pub struct Server {
     listener: TcpListener,
     entries: Vec<ModelEntry>,
     state: AppState,
+    config: Config,
 }
 
 impl Server {
@@ -61,6 +62,7 @@ impl Server {
             listener,
             entries,
             state: AppState::new(config.limits.clone()),
+            config: config.clone(),
         })
     }
 
@@ -80,6 +82,7 @@ impl Server {
             listener,
             entries,
             state,
+            config,
         } = self;
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("listening on http://{addr}");
@@ -97,7 +100,7 @@ impl Server {
                 .await
         });
 
-        let loaded = tokio::task::spawn_blocking(move || Registry::load(&entries)).await;
+        let loaded = tokio::task::spawn_blocking(move || Registry::load(&entries, &config)).await;
         match loaded {
             Ok(Ok(registry)) => {
                 state.set_registry(registry);

@@ -55,13 +55,35 @@ pub struct EmbeddingData {
     embedding: EmbeddingValue,
 }
 
-/// Token counts.
+/// Token counts, and what the request cost when metered.
 #[derive(Debug, Serialize)]
 pub struct Usage {
     /// Tokens of all inputs, special tokens included, padding excluded.
     pub prompt_tokens: usize,
     /// Same as `prompt_tokens` for embeddings.
     pub total_tokens: usize,
+    /// Energy, CO2e and cost (absent when metering is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub energy: Option<UsageEnergy>,
+}
+
+/// `usage.energy`: the same numbers as the metering headers.
+#[derive(Debug, Clone, Serialize)]
+pub struct UsageEnergy {
+    /// Joules attributed to this request.
+    pub joules: f64,
+    /// How they were measured: `nvml-counter`, `nvml-power`, `rapl` or `estimate`.
+    pub source: &'static str,
+    /// Average device power over the batches that served it.
+    pub avg_watts: f64,
+    /// Grams of CO2e (SCI).
+    pub co2e_grams: f64,
+    /// US dollars.
+    pub cost_usd: f64,
+    /// Grid intensity used, gCO2e/kWh.
+    pub carbon_intensity_g_per_kwh: f64,
+    /// Zone the intensity came from (`custom` when set explicitly).
+    pub zone: String,
 }
 
 /// The response body.
@@ -79,8 +101,8 @@ enum Encoding {
     Base64,
 }
 
-/// Handler: validate, tokenize (blocking pool), queue, await, answer — all within the request
-/// timeout.
+/// Handler: validate, tokenize (blocking pool), queue, await, settle the energy, answer — all
+/// within the request timeout. Error responses carry no energy headers.
 pub async fn create(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
@@ -152,6 +174,25 @@ async fn serve(
     crate::metrics::record_tokens(&model.name, "prompt", prompt_tokens);
 
     let output = run(&model, ids).await?;
+    let energy = match &model.meter {
+        Some(meter) => {
+            let a = crate::meter::settle(&output.energy).await.ok_or_else(|| {
+                ApiError::internal("the energy meter stopped before settling this request")
+            })?;
+            let p = meter.pricing();
+            crate::metrics::record_request_energy(&model.name, a.joules);
+            Some(UsageEnergy {
+                joules: a.joules,
+                source: meter.method(),
+                avg_watts: a.avg_watts,
+                co2e_grams: p.co2e_grams(a.joules, a.device_seconds),
+                cost_usd: p.cost_usd(a.joules, a.device_seconds),
+                carbon_intensity_g_per_kwh: p.intensity_g_per_kwh,
+                zone: p.zone.clone(),
+            })
+        }
+        None => None,
+    };
     let data = output
         .embeddings
         .iter()
@@ -172,10 +213,14 @@ async fn serve(
         usage: Usage {
             prompt_tokens,
             total_tokens: prompt_tokens,
+            energy: energy.clone(),
         },
     };
     let mut resp = Json(body).into_response();
     set_serving_headers(resp.headers_mut(), &model, &output, started.elapsed());
+    if let Some(e) = &energy {
+        set_energy_headers(resp.headers_mut(), e);
+    }
     Ok(resp)
 }
 
@@ -316,6 +361,26 @@ fn set_serving_headers(h: &mut HeaderMap, model: &ServedModel, out: &EmbedOutput
             ms(total)
         ),
     );
+}
+
+/// The metering contract's headers. `{}` prints an f64 as the shortest text that parses back to
+/// the same number, so summing headers reproduces the metric totals up to addition order.
+fn set_energy_headers(h: &mut HeaderMap, e: &UsageEnergy) {
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("x-energy-joules", format!("{}", e.joules));
+    put("x-energy-source", e.source.to_string());
+    put("x-power-watts", format!("{:.3}", e.avg_watts));
+    put("x-co2e-grams", format!("{}", e.co2e_grams));
+    put(
+        "x-carbon-intensity",
+        format!("{}", e.carbon_intensity_g_per_kwh),
+    );
+    put("x-carbon-zone", e.zone.clone());
+    put("x-cost-usd", format!("{}", e.cost_usd));
 }
 
 #[cfg(test)]

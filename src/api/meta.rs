@@ -22,6 +22,8 @@ pub struct ModelCard {
     dimensions: usize,
     max_input_tokens: usize,
     load_time_ms: u64,
+    /// How this model's energy is measured (`none` when metering is off).
+    energy_source: &'static str,
 }
 
 impl ModelCard {
@@ -37,6 +39,7 @@ impl ModelCard {
             dimensions: m.dimensions,
             max_input_tokens: m.tokenizer.max_tokens(),
             load_time_ms: m.load_time.as_millis() as u64,
+            energy_source: m.meter.as_ref().map_or("none", |m| m.method()),
         }
     }
 }
@@ -100,11 +103,13 @@ pub async fn metrics() -> Result<impl IntoResponse, ApiError> {
         ApiError::internal("metrics are disabled: another metrics recorder was installed first")
     })?;
     handle.run_upkeep();
+    let mut body = handle.render();
+    body.push_str(&crate::metrics::render_floats());
     Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        handle.render(),
+        body,
     ))
 }

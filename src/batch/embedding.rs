@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::engine::Embedder;
+use crate::meter::{EnergyShare, Meter};
 use crate::metrics as m;
 use crate::repository::BatchingSpec;
 
@@ -61,6 +62,8 @@ pub struct EmbedOutput {
     pub queue_time: Duration,
     /// Wall time of the batches holding its inputs, summed.
     pub compute_time: Duration,
+    /// Its claims on the energy of the batches that computed it (empty when not metered).
+    pub energy: Vec<EnergyShare>,
 }
 
 type Reply = oneshot::Sender<Result<EmbedOutput, SchedulerError>>;
@@ -88,6 +91,7 @@ impl EmbeddingScheduler {
         model: &str,
         engine: Box<dyn Embedder>,
         batching: &BatchingSpec,
+        meter: Option<Arc<Meter>>,
     ) -> std::io::Result<Self> {
         let (tx, rx) = channel::<Submission>();
         let admitted = Arc::new(AtomicUsize::new(0));
@@ -95,6 +99,7 @@ impl EmbeddingScheduler {
         let batch_loop = BatchLoop {
             model: model.to_string(),
             engine,
+            meter,
             rx,
             max_batch_size: batching.max_batch_size,
             max_batch_tokens: batching.max_batch_tokens,
@@ -182,6 +187,7 @@ struct Job {
     first_start: Option<Instant>,
     compute_time: Duration,
     batch_size: usize,
+    energy: Vec<EnergyShare>,
     reply: Reply,
 }
 
@@ -196,6 +202,7 @@ struct Item {
 struct BatchLoop {
     model: String,
     engine: Box<dyn Embedder>,
+    meter: Option<Arc<Meter>>,
     rx: Receiver<Submission>,
     max_batch_size: usize,
     max_batch_tokens: usize,
@@ -256,6 +263,7 @@ impl BatchLoop {
                 first_start: None,
                 compute_time: Duration::ZERO,
                 batch_size: 0,
+                energy: Vec::new(),
                 reply: sub.reply,
             },
         );
@@ -365,6 +373,11 @@ impl BatchLoop {
                 }
             }
         }
+        let weight: usize = batch.iter().map(|i| i.len).sum();
+        let ticket = self
+            .meter
+            .as_ref()
+            .and_then(|meter| meter.begin_batch(&self.model, weight as f64));
         let outcome = {
             let seqs: Vec<&[u32]> = batch
                 .iter()
@@ -382,6 +395,9 @@ impl BatchLoop {
             }
         };
         let elapsed = start.elapsed();
+        if let (Some(meter), Some(t)) = (&self.meter, &ticket) {
+            meter.end_batch(t);
+        }
         match outcome {
             Ok(vectors) => {
                 let mut done = Vec::new();
@@ -395,11 +411,20 @@ impl BatchLoop {
                     }
                 }
                 let mut touched: Vec<u64> = batch.iter().map(|i| i.job).collect();
+                touched.sort_unstable();
                 touched.dedup();
                 for id in touched {
                     if let Some(job) = self.jobs.get_mut(&id) {
                         job.compute_time += elapsed;
                         job.batch_size = job.batch_size.max(n);
+                        if let Some(t) = &ticket {
+                            let tokens: usize =
+                                batch.iter().filter(|i| i.job == id).map(|i| i.len).sum();
+                            job.energy.push(EnergyShare {
+                                batch: t.energy.clone(),
+                                fraction: tokens as f64 / weight.max(1) as f64,
+                            });
+                        }
                     }
                 }
                 for id in done {
@@ -432,6 +457,7 @@ impl BatchLoop {
                     .first_start
                     .map_or(Duration::ZERO, |s| s - job.submitted),
                 compute_time: job.compute_time,
+                energy: job.energy,
             };
             let _ = job.reply.send(Ok(out));
         }
@@ -572,8 +598,8 @@ mod tests {
 
     #[tokio::test]
     async fn multi_input_results_come_back_in_order_across_batches() {
-        let s =
-            EmbeddingScheduler::start("t", Box::<TestEngine>::default(), &spec(2, 0, 4)).unwrap();
+        let s = EmbeddingScheduler::start("t", Box::<TestEngine>::default(), &spec(2, 0, 4), None)
+            .unwrap();
         let inputs: Vec<Vec<u32>> = (1..=7u32)
             .map(|n| vec![n; (n * 3 % 7 + 1) as usize])
             .collect();
@@ -588,7 +614,7 @@ mod tests {
     #[test]
     fn concurrent_requests_share_batches() {
         let (engine, open, log) = gated();
-        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(8, 50, 16)).unwrap();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(8, 50, 16), None).unwrap();
         let first = s.submit(vec![vec![100]]).unwrap();
         wait_until(|| s.queue_depth() == 0); // the first batch is in the engine, blocked
         let rest: Vec<_> = (1..=5u32)
@@ -612,8 +638,13 @@ mod tests {
     #[test]
     fn a_lone_client_pays_no_queue_delay() {
         // A delay far longer than the test may take: only the company rule can skip it.
-        let s = EmbeddingScheduler::start("t", Box::<TestEngine>::default(), &spec(8, 60_000, 16))
-            .unwrap();
+        let s = EmbeddingScheduler::start(
+            "t",
+            Box::<TestEngine>::default(),
+            &spec(8, 60_000, 16),
+            None,
+        )
+        .unwrap();
         let start = Instant::now();
         for i in 0..3 {
             let r = s.submit(vec![vec![i + 1]]).unwrap();
@@ -628,7 +659,8 @@ mod tests {
     #[test]
     fn waits_for_as_many_items_as_the_previous_batch_held() {
         let (engine, open, log) = gated();
-        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(8, 60_000, 32)).unwrap();
+        let s =
+            EmbeddingScheduler::start("t", Box::new(engine), &spec(8, 60_000, 32), None).unwrap();
         let a = s.submit(vec![vec![1]]).unwrap();
         wait_until(|| s.queue_depth() == 0); // A computes alone, at once
         let b: Vec<_> = (0..3)
@@ -661,7 +693,7 @@ mod tests {
     #[test]
     fn oldest_item_is_never_starved_by_shorter_newcomers() {
         let (engine, open, log) = gated();
-        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(2, 0, 64)).unwrap();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(2, 0, 64), None).unwrap();
         let _blocker = s.submit(vec![vec![1]]).unwrap();
         wait_until(|| s.queue_depth() == 0);
         // 4 short items ahead of a long one, then many short ones after it.
@@ -692,7 +724,7 @@ mod tests {
     #[test]
     fn abandoned_requests_are_never_computed() {
         let (engine, open, log) = gated();
-        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(4, 0, 16)).unwrap();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(4, 0, 16), None).unwrap();
         let first = s.submit(vec![vec![1]]).unwrap();
         wait_until(|| s.queue_depth() == 0);
         let gone = s.submit(vec![vec![77], vec![78]]).unwrap();
@@ -714,8 +746,8 @@ mod tests {
 
     #[tokio::test]
     async fn failures_and_panics_fail_only_their_batch() {
-        let s =
-            EmbeddingScheduler::start("t", Box::<TestEngine>::default(), &spec(1, 0, 8)).unwrap();
+        let s = EmbeddingScheduler::start("t", Box::<TestEngine>::default(), &spec(1, 0, 8), None)
+            .unwrap();
         let bad = s.submit(vec![vec![13]]).unwrap();
         let boom = s.submit(vec![vec![666]]).unwrap();
         let good = s.submit(vec![vec![1, 2]]).unwrap();
@@ -741,7 +773,7 @@ mod tests {
     #[test]
     fn admission_is_bounded_and_frees_up() {
         let (engine, open, _log) = gated();
-        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(1, 0, 2)).unwrap();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(1, 0, 2), None).unwrap();
         let a = s.submit(vec![vec![1]]).unwrap();
         let b = s.submit(vec![vec![1]]).unwrap();
         let err = s.submit(vec![vec![1]]).unwrap_err();

@@ -1,0 +1,379 @@
+//! Metering: energy sources, the conserving ledger, and pricing in CO2e and dollars.
+//!
+//! One [`Meter`] per device. The batch loop calls [`Meter::begin_batch`] and [`Meter::end_batch`]
+//! around each forward pass; both take a reading of the device's counter. A background thread
+//! takes readings too (every `energy.sample_interval_ms`, every 10 ms while a finished batch waits
+//! for the counter to move), so that idle energy is accounted and slow counters settle. The API
+//! awaits each request's [`EnergyShare`]s and prices the sum with [`pricing::Pricing`].
+
+pub mod cputime;
+pub mod estimate;
+pub mod ledger;
+pub mod nvml;
+pub mod pricing;
+pub mod rapl;
+pub mod source;
+pub mod zones;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{EnergyConfig, SourceChoice};
+use crate::engine::DeviceSpec;
+use crate::metrics as m;
+use ledger::{BatchEnergy, BatchId, Ledger};
+use pricing::Pricing;
+use source::{EnergySource, SourceError};
+
+/// A request's claim on one batch's energy: the batch's final figures times `fraction` (the
+/// request's tokens over the batch's).
+#[derive(Debug, Clone)]
+pub struct EnergyShare {
+    /// Resolves to the batch's figures when final.
+    pub batch: watch::Receiver<Option<BatchEnergy>>,
+    /// The request's part of the batch.
+    pub fraction: f64,
+}
+
+/// What a request was attributed, summed over its batches.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Attribution {
+    /// Joules.
+    pub joules: f64,
+    /// Device-seconds.
+    pub device_seconds: f64,
+    /// Average device power over the batches that served it, watts.
+    pub avg_watts: f64,
+}
+
+/// Waits until every share is final and sums them. `None` if a meter went away first.
+pub async fn settle(shares: &[EnergyShare]) -> Option<Attribution> {
+    let mut total = Attribution {
+        joules: 0.0,
+        device_seconds: 0.0,
+        avg_watts: 0.0,
+    };
+    let mut weight = 0.0;
+    for share in shares {
+        let mut rx = share.batch.clone();
+        let energy = (*rx.wait_for(Option::is_some).await.ok()?)?;
+        total.joules += energy.joules * share.fraction;
+        total.device_seconds += energy.device_seconds * share.fraction;
+        total.avg_watts += energy.avg_watts * share.fraction;
+        weight += share.fraction;
+    }
+    if weight > 0.0 {
+        total.avg_watts /= weight;
+    }
+    Some(total)
+}
+
+/// A ticket for a batch in progress.
+#[derive(Debug)]
+pub struct BatchTicket {
+    id: BatchId,
+    /// Resolves to the batch's figures when final.
+    pub energy: watch::Receiver<Option<BatchEnergy>>,
+}
+
+struct Inner {
+    source: Box<dyn EnergySource>,
+    ledger: Ledger,
+    /// Model of each open batch, for the per-model totals.
+    models: HashMap<BatchId, String>,
+    read_failures: u64,
+}
+
+/// One device's meter.
+pub struct Meter {
+    inner: Mutex<Inner>,
+    method: &'static str,
+    device: String,
+    pricing: Arc<Pricing>,
+}
+
+impl Meter {
+    /// Starts metering with `source`, and its background sampler.
+    pub fn start(
+        source: Box<dyn EnergySource>,
+        cfg: &EnergyConfig,
+        pricing: Arc<Pricing>,
+    ) -> Arc<Self> {
+        let method = source.method();
+        let device = source.device();
+        let meter = Arc::new(Self {
+            inner: Mutex::new(Inner {
+                source,
+                ledger: Ledger::new(cfg.attribute_idle),
+                models: HashMap::new(),
+                read_failures: 0,
+            }),
+            method,
+            device,
+            pricing,
+        });
+        meter.sample(Instant::now());
+        let weak = Arc::downgrade(&meter);
+        let interval = Duration::from_millis(cfg.sample_interval_ms);
+        let spawned = std::thread::Builder::new()
+            .name(format!("meter-{}", meter.device))
+            .spawn(move || sampler(weak, interval));
+        if let Err(e) = spawned {
+            tracing::warn!("energy: cannot start the sampler thread ({e}); idle energy is sampled only around batches");
+        }
+        meter
+    }
+
+    /// `x-energy-source`: how this meter measures.
+    pub fn method(&self) -> &'static str {
+        self.method
+    }
+
+    /// The device label.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    /// The pricing requests are charged with.
+    pub fn pricing(&self) -> &Arc<Pricing> {
+        &self.pricing
+    }
+
+    /// Reads the counter and registers a batch of `weight` tokens for `model`.
+    pub fn begin_batch(&self, model: &str, weight: f64) -> Option<BatchTicket> {
+        let mut inner = self.inner.lock().ok()?;
+        let now = Instant::now();
+        self.ingest(&mut inner, now);
+        let (id, energy) = inner.ledger.begin(now, weight);
+        inner.models.insert(id, model.to_string());
+        Some(BatchTicket { id, energy })
+    }
+
+    /// Marks the batch ended and reads the counter (which settles it if the counter moved).
+    pub fn end_batch(&self, ticket: &BatchTicket) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let now = Instant::now();
+            inner.ledger.end(ticket.id, now);
+            self.ingest(&mut inner, now);
+        }
+    }
+
+    /// Ledger totals (for tests and diagnostics).
+    pub fn totals(&self) -> Option<ledger::Totals> {
+        self.inner.lock().ok().map(|i| i.ledger.totals())
+    }
+
+    fn sample(&self, now: Instant) -> bool {
+        match self.inner.lock() {
+            Ok(mut inner) => {
+                self.ingest(&mut inner, now);
+                inner.ledger.awaiting_counter()
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn ingest(&self, inner: &mut Inner, now: Instant) {
+        let reading = match inner.source.read() {
+            Ok(j) => j,
+            Err(e) => {
+                if inner.read_failures == 0 {
+                    tracing::warn!(device = %self.device, "energy: reading failed ({e}); retrying on every sample");
+                }
+                inner.read_failures += 1;
+                return;
+            }
+        };
+        let closed = inner.ledger.ingest(now, reading);
+        if closed.idle_joules > 0.0 {
+            m::add_float(
+                m::IDLE_ENERGY,
+                &[("device", &self.device)],
+                closed.idle_joules,
+            );
+        }
+        if closed.watts > 0.0 || !closed.finished.is_empty() {
+            m::set_device_power(&self.device, closed.watts);
+        }
+        for (id, energy) in closed.finished {
+            if let Some(model) = inner.models.remove(&id) {
+                m::add_float(
+                    m::ENERGY,
+                    &[("model", &model), ("source", self.method)],
+                    energy.joules,
+                );
+                m::add_float(
+                    m::CO2E,
+                    &[("model", &model)],
+                    self.pricing
+                        .co2e_grams(energy.joules, energy.device_seconds),
+                );
+                m::add_float(
+                    m::COST,
+                    &[("model", &model)],
+                    self.pricing.cost_usd(energy.joules, energy.device_seconds),
+                );
+            }
+        }
+    }
+}
+
+fn sampler(meter: Weak<Meter>, interval: Duration) {
+    let mut wait = interval;
+    loop {
+        std::thread::sleep(wait);
+        let Some(meter) = meter.upgrade() else {
+            return;
+        };
+        let awaiting = meter.sample(Instant::now());
+        wait = if awaiting {
+            interval.min(Duration::from_millis(10))
+        } else {
+            interval
+        };
+    }
+}
+
+/// Picks the energy source for a device as `energy.source` says. Returns the source and the
+/// lines explaining each source that could not start (logged by the caller, one line each).
+pub fn select_source(
+    cfg: &EnergyConfig,
+    device: DeviceSpec,
+) -> Result<(Box<dyn EnergySource>, Vec<String>), SourceError> {
+    let estimate = || -> Box<dyn EnergySource> {
+        Box::new(estimate::EstimateSource::new(
+            estimate::EstimateParams {
+                cpu_watts_per_core: cfg.cpu_watts_per_core,
+                dram_watts_per_gb: cfg.dram_watts_per_gb,
+            },
+            Box::new(estimate::KernelProbe::new()),
+        ))
+    };
+    let rapl = || -> Result<Box<dyn EnergySource>, SourceError> {
+        let share = cfg
+            .rapl_process_share
+            .then(|| cputime::CpuShare::new(std::path::Path::new("/proc")));
+        Ok(Box::new(rapl::RaplSource::open(&cfg.powercap_root, share)?))
+    };
+    let gpu_index = match device {
+        DeviceSpec::Cuda(n) => Some(n as u32),
+        DeviceSpec::Cpu => None,
+    };
+    match cfg.source {
+        SourceChoice::Estimate => Ok((estimate(), Vec::new())),
+        SourceChoice::Rapl => Ok((rapl()?, Vec::new())),
+        SourceChoice::Nvml => Ok((
+            Box::new(nvml::NvmlSource::open(gpu_index.unwrap_or(0))?),
+            Vec::new(),
+        )),
+        SourceChoice::Auto => {
+            let mut skipped = Vec::new();
+            match gpu_index {
+                Some(i) => match nvml::NvmlSource::open(i) {
+                    Ok(s) => return Ok((Box::new(s), skipped)),
+                    Err(e) => skipped.push(format!(
+                        "energy: NVML cannot meter cuda:{i}: {e}; using the estimate"
+                    )),
+                },
+                None => match rapl() {
+                    Ok(s) => return Ok((s, skipped)),
+                    Err(e) => {
+                        skipped.push(format!("energy: RAPL unavailable: {e}; using the estimate"))
+                    }
+                },
+            }
+            Ok((estimate(), skipped))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_falls_back_with_one_line_per_missing_source() {
+        let cfg = EnergyConfig {
+            powercap_root: "/nonexistent/powercap".into(),
+            ..EnergyConfig::default()
+        };
+        let (source, skipped) = select_source(&cfg, DeviceSpec::Cpu).unwrap();
+        assert_eq!(source.method(), "estimate");
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].contains("RAPL") && skipped[0].contains("estimate"),
+            "{skipped:?}"
+        );
+        // No NVIDIA driver here: NVML fails, auto falls back, one line.
+        if nvml::NvmlSource::open(0).is_err() {
+            let (source, skipped) = select_source(&cfg, DeviceSpec::Cuda(0)).unwrap();
+            assert_eq!(source.method(), "estimate");
+            assert_eq!(skipped.len(), 1);
+            assert!(skipped[0].contains("NVML"), "{skipped:?}");
+        }
+    }
+
+    #[test]
+    fn explicit_source_that_cannot_start_is_an_error() {
+        let cfg = EnergyConfig {
+            source: SourceChoice::Rapl,
+            powercap_root: "/nonexistent/powercap".into(),
+            ..EnergyConfig::default()
+        };
+        let err = select_source(&cfg, DeviceSpec::Cpu).err().unwrap();
+        assert!(err.to_string().contains("powercap"), "{err}");
+    }
+
+    /// A source replaying a fixed power, advanced by the test.
+    struct Fixed(Arc<Mutex<f64>>);
+    impl EnergySource for Fixed {
+        fn method(&self) -> &'static str {
+            "estimate"
+        }
+        fn device(&self) -> String {
+            "test".into()
+        }
+        fn read(&mut self) -> Result<f64, SourceError> {
+            Ok(*self.0.lock().unwrap())
+        }
+    }
+
+    #[tokio::test]
+    async fn shares_settle_to_the_batch_energy_times_fraction() {
+        let counter = Arc::new(Mutex::new(0.0));
+        let pricing = Arc::new(Pricing::from_config(
+            &crate::config::CarbonConfig {
+                intensity: Some(100.0),
+                ..Default::default()
+            },
+            &Default::default(),
+        ));
+        let meter = Meter::start(
+            Box::new(Fixed(counter.clone())),
+            &EnergyConfig::default(),
+            pricing,
+        );
+        let t = meter.begin_batch("m", 4.0).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        *counter.lock().unwrap() += 2.0;
+        meter.end_batch(&t);
+        let shares = [
+            EnergyShare {
+                batch: t.energy.clone(),
+                fraction: 0.75,
+            },
+            EnergyShare {
+                batch: t.energy.clone(),
+                fraction: 0.25,
+            },
+        ];
+        let a = settle(&shares[..1]).await.unwrap();
+        let b = settle(&shares[1..]).await.unwrap();
+        assert!((a.joules + b.joules - 2.0).abs() < 1e-9, "{a:?} {b:?}");
+        assert!((a.joules - 1.5).abs() < 1e-9);
+        assert!(a.avg_watts > 0.0);
+    }
+}
