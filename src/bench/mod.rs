@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// measure it in the same run.
     #[arg(long)]
     pub unbatched_baseline: bool,
+    /// In-process: also serve every model with metering off as `<name>@unmetered` and measure it
+    /// in the same run (the metering overhead).
+    #[arg(long)]
+    pub unmetered_baseline: bool,
     /// In-process: time the engine alone (no HTTP, no queue) at the model's max_batch_size on the
     /// same inputs.
     #[arg(long)]
@@ -116,9 +120,12 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err(BenchError::Usage("--rate must be a positive number".into()));
     }
-    if args.url.is_some() && (args.unbatched_baseline || args.offline_ceiling) {
+    if args.url.is_some()
+        && (args.unbatched_baseline || args.unmetered_baseline || args.offline_ceiling)
+    {
         return Err(BenchError::Usage(
-            "--unbatched-baseline and --offline-ceiling need the in-process server (omit --url)"
+            "--unbatched-baseline, --unmetered-baseline and --offline-ceiling need the in-process server \
+             (omit --url)"
                 .into(),
         ));
     }
@@ -156,6 +163,14 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                     served.push(u);
                 }
             }
+            if args.unmetered_baseline {
+                for e in &entries {
+                    let mut u = e.clone();
+                    u.spec.name = format!("{}@unmetered", e.spec.name);
+                    u.metered = false;
+                    served.push(u);
+                }
+            }
             let server = Server::bind_entries(&config, served).await?;
             let addr = server
                 .local_addr()
@@ -184,9 +199,14 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     } else {
         entries.iter().map(|e| e.spec.name.clone()).collect()
     };
-    if args.unbatched_baseline {
-        let extra: Vec<String> = models.iter().map(|m| format!("{m}@unbatched")).collect();
-        models.extend(extra);
+    let base_models = models.clone();
+    for (flag, suffix) in [
+        (args.unbatched_baseline, "@unbatched"),
+        (args.unmetered_baseline, "@unmetered"),
+    ] {
+        if flag {
+            models.extend(base_models.iter().map(|m| format!("{m}{suffix}")));
+        }
     }
     if let Some(missing) = models.iter().find(|m| !served.contains(m)) {
         return Err(BenchError::Target(format!(

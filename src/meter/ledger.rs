@@ -143,6 +143,17 @@ impl Ledger {
 
     /// Feeds a reading of the cumulative counter (joules, monotonic) taken at `at`.
     pub fn ingest(&mut self, at: Instant, cumulative_joules: f64) -> Closed {
+        self.ingest_with(at, cumulative_joules, &mut |_, _| {})
+    }
+
+    /// Like [`Ledger::ingest`], calling `before_notify` for every batch that became final before
+    /// its watchers are told (so that totals are published before anyone reads them).
+    pub fn ingest_with(
+        &mut self,
+        at: Instant,
+        cumulative_joules: f64,
+        before_notify: &mut dyn FnMut(BatchId, &BatchEnergy),
+    ) -> Closed {
         let Some((t0, e0)) = self.mark else {
             self.mark = Some((at, cumulative_joules));
             return Closed::default();
@@ -160,10 +171,16 @@ impl Ledger {
             return Closed::default();
         }
         self.mark = Some((at, cumulative_joules));
-        self.close(t0, at, delta)
+        self.close(t0, at, delta, before_notify)
     }
 
-    fn close(&mut self, t0: Instant, t1: Instant, delta: f64) -> Closed {
+    fn close(
+        &mut self,
+        t0: Instant,
+        t1: Instant,
+        delta: f64,
+        before_notify: &mut dyn FnMut(BatchId, &BatchEnergy),
+    ) -> Closed {
         let len = (t1 - t0).as_secs_f64();
         let power = delta / len;
         // Overlap of every batch with (t0, t1].
@@ -217,6 +234,7 @@ impl Ledger {
                         power
                     },
                 };
+                before_notify(a.id, &energy);
                 let _ = a.tx.send(Some(energy));
                 finished.push((a.id, energy));
                 false

@@ -187,7 +187,28 @@ impl Meter {
                 return;
             }
         };
-        let closed = inner.ledger.ingest(now, reading);
+        let Inner { ledger, models, .. } = inner;
+        let pricing = &self.pricing;
+        let method = self.method;
+        let closed = ledger.ingest_with(now, reading, &mut |id, energy| {
+            if let Some(model) = models.remove(&id) {
+                m::add_float(
+                    m::ENERGY,
+                    &[("model", &model), ("source", method)],
+                    energy.joules,
+                );
+                m::add_float(
+                    m::CO2E,
+                    &[("model", &model)],
+                    pricing.co2e_grams(energy.joules, energy.device_seconds),
+                );
+                m::add_float(
+                    m::COST,
+                    &[("model", &model)],
+                    pricing.cost_usd(energy.joules, energy.device_seconds),
+                );
+            }
+        });
         if closed.idle_joules > 0.0 {
             m::add_float(
                 m::IDLE_ENERGY,
@@ -197,26 +218,6 @@ impl Meter {
         }
         if closed.watts > 0.0 || !closed.finished.is_empty() {
             m::set_device_power(&self.device, closed.watts);
-        }
-        for (id, energy) in closed.finished {
-            if let Some(model) = inner.models.remove(&id) {
-                m::add_float(
-                    m::ENERGY,
-                    &[("model", &model), ("source", self.method)],
-                    energy.joules,
-                );
-                m::add_float(
-                    m::CO2E,
-                    &[("model", &model)],
-                    self.pricing
-                        .co2e_grams(energy.joules, energy.device_seconds),
-                );
-                m::add_float(
-                    m::COST,
-                    &[("model", &model)],
-                    self.pricing.cost_usd(energy.joules, energy.device_seconds),
-                );
-            }
         }
     }
 }
