@@ -218,3 +218,62 @@ async fn metering_off_means_no_energy_anywhere() {
     assert_eq!(models["data"][0]["energy_source"], "none");
     server.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn rapl_on_a_powercap_tree_meters_requests() {
+    if !minilm_available() {
+        return;
+    }
+    // A powercap tree in a temp dir, its package counter driven at ~20 W by a thread and wrapping
+    // every 0.5 J: the same files and code path as /sys/class/powercap.
+    let tmp = tempfile::tempdir().unwrap();
+    let zone = tmp.path().join("intel-rapl:0");
+    std::fs::create_dir_all(&zone).unwrap();
+    std::fs::write(zone.join("name"), "package-0\n").unwrap();
+    std::fs::write(zone.join("max_energy_range_uj"), "500000\n").unwrap();
+    std::fs::write(zone.join("energy_uj"), "0\n").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let driver = {
+        let (zone, stop) = (zone.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut uj: u64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                uj = (uj + 20_000) % 500_000;
+                let tmp = zone.join("energy_uj.tmp");
+                std::fs::write(&tmp, format!("{uj}\n")).unwrap();
+                std::fs::rename(&tmp, zone.join("energy_uj")).unwrap();
+            }
+        })
+    };
+    let root = tmp.path().to_path_buf();
+    let server = TestServer::start_with(
+        move |c| {
+            c.energy.source = SourceChoice::Rapl;
+            c.energy.powercap_root = root;
+            c.energy.rapl_process_share = false;
+        },
+        |m| m[0].spec.name = "minilm-rapl".into(),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let resp = client
+            .post(server.url("/v1/embeddings"))
+            .json(&json!({"model": "minilm-rapl", "input": "measured by a package counter"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "x-energy-source"), "rapl");
+        let joules: f64 = header(&resp, "x-energy-joules").parse().unwrap();
+        let watts: f64 = header(&resp, "x-power-watts").parse().unwrap();
+        assert!(joules > 0.0, "{joules}");
+        // The driver adds 20 mJ per ~1 ms (less when the sleep overshoots): at most ~20 W, never
+        // negative or wrapped into a huge value.
+        assert!(watts > 0.0 && watts < 25.0, "{watts} W");
+    }
+    server.stop().await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    driver.join().unwrap();
+}

@@ -342,6 +342,52 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_wrapping_rapl_counter_through_the_meter_conserves_energy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let zone = tmp.path().join("intel-rapl:0");
+        std::fs::create_dir_all(&zone).unwrap();
+        std::fs::write(zone.join("name"), "package-0").unwrap();
+        std::fs::write(zone.join("max_energy_range_uj"), "1000000").unwrap(); // wraps at 1 J
+        let set = |uj: u64| std::fs::write(zone.join("energy_uj"), uj.to_string()).unwrap();
+        set(900_000);
+        let source = rapl::RaplSource::open(tmp.path(), None).unwrap();
+        let cfg = EnergyConfig {
+            sample_interval_ms: 3_600_000, // no background readings during the test
+            ..EnergyConfig::default()
+        };
+        let pricing = Arc::new(Pricing::from_config(
+            &crate::config::CarbonConfig::default(),
+            &Default::default(),
+        ));
+        let meter = Meter::start(Box::new(source), &cfg, pricing);
+        let pause = || std::thread::sleep(Duration::from_millis(2));
+        pause();
+        set(950_000); // 0.05 J idle
+        let a = meter.begin_batch("m", 10.0).unwrap();
+        pause();
+        set(50_000); // wrapped: +0.1 J
+        let b = meter.begin_batch("m", 30.0).unwrap(); // overlaps a
+        pause();
+        set(250_000); // +0.2 J
+        meter.end_batch(&a);
+        pause();
+        set(300_000); // +0.05 J
+        meter.end_batch(&b);
+        let t = meter.totals().unwrap();
+        let total = a.energy.borrow().unwrap().joules + b.energy.borrow().unwrap().joules;
+        assert!((t.measured_joules - 0.4).abs() < 1e-9, "{t:?}");
+        assert!(
+            (t.attributed_joules + t.idle_joules - t.measured_joules).abs() < 1e-9,
+            "{t:?}"
+        );
+        assert!(
+            (total - t.attributed_joules).abs() < 1e-9,
+            "{total} vs {t:?}"
+        );
+        assert!((t.idle_joules - 0.05).abs() < 1e-9, "{t:?}");
+    }
+
     #[tokio::test]
     async fn shares_settle_to_the_batch_energy_times_fraction() {
         let counter = Arc::new(Mutex::new(0.0));
