@@ -1,9 +1,20 @@
 //! `wattserve-kernels`: int8 quantization and GEMM for wattserve's int8 precision.
 //!
 //! The scheme (see the README): per-output-channel symmetric int8 weights, dynamic per-row
-//! symmetric int8 activations, i32 accumulation, f32 rescale plus bias. This crate starts with the
-//! portable scalar reference that every SIMD path must equal exactly.
+//! symmetric int8 activations, i32 accumulation, f32 rescale plus bias. [`reference`] defines the
+//! arithmetic; [`gemm`] packs weights once and runs it with AVX-512 VNNI, AVX2 or scalar code,
+//! chosen at run time, all bit-identical.
 
+pub mod gemm;
 pub mod reference;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
+pub use gemm::{linear_i8, Isa, PackedWeights};
 pub use reference::{gemm_i8_reference, quantize_rows, QuantizedRows};
+
+/// Threads a GEMM should be split into by default: the size of rayon's global pool, which
+/// candle's CPU kernels use too (`RAYON_NUM_THREADS`, else one per core).
+pub fn default_threads() -> usize {
+    rayon::current_num_threads()
+}

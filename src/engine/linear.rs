@@ -1,8 +1,11 @@
 //! The `Linear` layer every encoder projection goes through, so that the precision of all of them
-//! is switched in one place (f32/f16/bf16 dense now; int8 is the next variant).
+//! is switched in one place: dense f32/f16/bf16 through candle, or int8 through our kernels.
+
+use std::sync::Arc;
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
+use wattserve_kernels::{default_threads, linear_i8, Isa, PackedWeights};
 
 use super::{EngineError, Precision};
 
@@ -11,6 +14,16 @@ use super::{EngineError, Precision};
 pub enum Linear {
     /// Dense weights in f32, f16 or bf16; compute in the weights' dtype.
     Dense(candle_nn::Linear),
+    /// int8 weights (per output channel, packed at load), int8 activations quantized per row at
+    /// each call, i32 accumulation, f32 rescale + bias; on the CPU kernels of `wattserve-kernels`.
+    Int8 {
+        /// Packed weights.
+        weights: Arc<PackedWeights>,
+        /// f32 bias.
+        bias: Arc<Vec<f32>>,
+        /// The kernel's instruction set.
+        isa: Isa,
+    },
 }
 
 impl Linear {
@@ -27,9 +40,30 @@ impl Linear {
                 let bias = vb.get(out_dim, "bias")?.to_dtype(dtype)?;
                 Ok(Linear::Dense(candle_nn::Linear::new(weight, Some(bias))))
             }
-            None => Err(EngineError::Unsupported(format!(
-                "precision {precision} is not implemented yet for encoder layers"
-            ))),
+            None => {
+                if !vb.device().is_cpu() {
+                    return Err(EngineError::Unsupported(
+                        "precision int8 runs on the CPU only so far (no GPU int8 kernel yet)"
+                            .into(),
+                    ));
+                }
+                let weight = vb.get((out_dim, in_dim), "weight")?.to_dtype(DType::F32)?;
+                let bias = vb
+                    .get(out_dim, "bias")?
+                    .to_dtype(DType::F32)?
+                    .to_vec1::<f32>()?;
+                let flat = weight.flatten_all()?.to_vec1::<f32>()?;
+                let isa = Isa::detect();
+                static LOGGED: std::sync::Once = std::sync::Once::new();
+                LOGGED.call_once(|| {
+                    tracing::info!("int8 GEMM kernel: {} (detected at run time)", isa.name())
+                });
+                Ok(Linear::Int8 {
+                    weights: Arc::new(PackedWeights::quantize(&flat, out_dim, in_dim)),
+                    bias: Arc::new(bias),
+                    isa,
+                })
+            }
         }
     }
 
@@ -37,6 +71,7 @@ impl Linear {
     pub fn input_dtype(&self) -> DType {
         match self {
             Linear::Dense(l) => l.weight().dtype(),
+            Linear::Int8 { .. } => DType::F32,
         }
     }
 
@@ -44,6 +79,23 @@ impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         match self {
             Linear::Dense(l) => Ok(l.forward(x)?),
+            Linear::Int8 { weights, bias, isa } => {
+                let mut dims = x.dims().to_vec();
+                let k = dims.last().copied().unwrap_or(0);
+                if k != weights.k {
+                    return Err(EngineError::Unsupported(format!(
+                        "int8 linear expects {} inputs, got {k}",
+                        weights.k
+                    )));
+                }
+                let m = x.elem_count() / k.max(1);
+                let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let y = linear_i8(&data, m, weights, Some(bias), *isa, default_threads());
+                if let Some(last) = dims.last_mut() {
+                    *last = weights.n;
+                }
+                Ok(Tensor::from_vec(y, dims, x.device())?)
+            }
         }
     }
 }
@@ -71,5 +123,46 @@ mod tests {
         let x = Tensor::new(&[[10f32, 100.]], &dev).unwrap();
         let y = lin.forward(&x).unwrap().to_vec2::<f32>().unwrap();
         assert_eq!(y, vec![vec![210.5, 429.0, 650.0]]);
+    }
+
+    #[test]
+    fn int8_forward_keeps_leading_dims_and_approximates_dense() {
+        let dev = Device::Cpu;
+        let (k, n) = (40, 24);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 / 10.0).collect();
+        let tensors = |w: &Vec<f32>, b: &Vec<f32>| {
+            let mut map = HashMap::new();
+            map.insert(
+                "weight".to_string(),
+                Tensor::from_vec(w.clone(), (n, k), &dev).unwrap(),
+            );
+            map.insert(
+                "bias".to_string(),
+                Tensor::from_vec(b.clone(), n, &dev).unwrap(),
+            );
+            VarBuilder::from_tensors(map, DType::F32, &dev)
+        };
+        let dense = Linear::load(k, n, Precision::F32, tensors(&w, &b)).unwrap();
+        let int8 = Linear::load(k, n, Precision::Int8, tensors(&w, &b)).unwrap();
+        assert!(matches!(int8, Linear::Int8 { .. }));
+        let x: Vec<f32> = (0..2 * 3 * k)
+            .map(|i| ((i * 13 % 29) as f32 / 14.0) - 1.0)
+            .collect();
+        let x = Tensor::from_vec(x, (2, 3, k), &dev).unwrap();
+        let want = dense.forward(&x).unwrap();
+        let got = int8.forward(&x).unwrap();
+        assert_eq!(got.dims(), &[2, 3, n]);
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 0.1, "int8 differs from f32 by {diff}");
     }
 }

@@ -15,7 +15,7 @@ pub enum Precision {
     F16,
     /// bfloat16.
     Bf16,
-    /// int8 weights and activations (not available yet: see the README's status table).
+    /// int8 weights (per output channel) and activations (per row), CPU only so far.
     Int8,
 }
 
