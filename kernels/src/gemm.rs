@@ -7,7 +7,7 @@
 //! Every path computes the exact i32 dot products, and one shared epilogue turns them into f32, so
 //! every path gives bit-identical results to the scalar path (tested).
 
-use crate::reference::quantize_rows;
+use crate::reference::{quantize_rows, quantize_rows_into};
 
 /// Output channels per packed block.
 pub const BLOCK_N: usize = 16;
@@ -129,14 +129,10 @@ struct QuantizedActivations {
 }
 
 fn quantize_activations(x: &[f32], m: usize, k: usize, kp: usize) -> QuantizedActivations {
-    let q = quantize_rows(x, m, k);
     let rows = m.div_ceil(TILE_M) * TILE_M;
     let mut values = vec![0i8; rows * kp];
-    for r in 0..m {
-        values[r * kp..r * kp + k].copy_from_slice(&q.values[r * k..(r + 1) * k]);
-    }
-    let mut scales = q.scales;
-    scales.resize(rows, 0.0);
+    let mut scales = vec![0f32; rows];
+    quantize_rows_into(x, m, k, &mut values, kp, &mut scales);
     QuantizedActivations {
         rows,
         kp,
@@ -145,8 +141,9 @@ fn quantize_activations(x: &[f32], m: usize, k: usize, kp: usize) -> QuantizedAc
     }
 }
 
-/// `y (M × N) = x (M × K) · Wᵀ + bias` with int8 arithmetic on `isa` (which must be available),
-/// rows split into `threads` parts run on rayon's pool (1 = the calling thread only).
+/// `y (M × N) = x (M × K) · Wᵀ + bias` with int8 arithmetic on `isa` (which must be available).
+/// Rows are split into `threads` parts run on rayon's pool (1 = the calling thread only); each
+/// part quantizes its rows, computes their dot products and rescales them.
 pub fn linear_i8(
     x: &[f32],
     m: usize,
@@ -160,38 +157,66 @@ pub fn linear_i8(
     if let Some(b) = bias {
         assert_eq!(b.len(), w.n, "bias must have N values");
     }
-    let kp = w.k4 * 4;
-    let a = quantize_activations(x, m, w.k, kp);
-    let np = w.blocks * BLOCK_N;
-    let mut acc = vec![0i32; a.rows * np];
-    let tiles = a.rows / TILE_M;
-    let threads = threads.clamp(1, tiles.max(1));
-    let tiles_per_thread = tiles.div_ceil(threads);
-    let rows_per_chunk = tiles_per_thread * TILE_M;
-    if threads == 1 {
-        dot_rows(&a, 0, &mut acc, w, isa);
+    let mut y = vec![0f32; m * w.n];
+    if m == 0 || w.n == 0 {
+        return y;
+    }
+    let tiles = m.div_ceil(TILE_M);
+    let parts = threads.clamp(1, tiles);
+    let rows_per_part = tiles.div_ceil(parts) * TILE_M;
+    let run = |part: usize, ychunk: &mut [f32]| {
+        let r0 = part * rows_per_part;
+        let rows = ychunk.len() / w.n;
+        let a = quantize_activations(&x[r0 * w.k..(r0 + rows) * w.k], rows, w.k, w.k4 * 4);
+        let np = w.blocks * BLOCK_N;
+        let mut acc = vec![0i32; a.rows * np];
+        dot_rows(&a, &mut acc, w, isa);
+        epilogue(&acc, np, &a.scales[..rows], w, bias, ychunk);
+    };
+    if parts == 1 {
+        run(0, &mut y);
     } else {
         use rayon::prelude::*;
-        acc.par_chunks_mut(rows_per_chunk * np)
+        y.par_chunks_mut(rows_per_part * w.n)
             .enumerate()
-            .for_each(|(i, chunk)| dot_rows(&a, i * rows_per_chunk, chunk, w, isa));
-    }
-    // Shared epilogue: identical float arithmetic whatever produced the exact dot products.
-    let mut y = vec![0f32; m * w.n];
-    for r in 0..m {
-        for c in 0..w.n {
-            let b = bias.map_or(0.0, |b| b[c]);
-            y[r * w.n + c] = acc[r * np + c] as f32 * a.scales[r] * w.scales[c] + b;
-        }
+            .for_each(|(part, chunk)| run(part, chunk));
     }
     y
 }
 
-/// Exact Σ_k q_a[r][k] · q_w[c][k] for the rows of `out` (starting at row `row0`).
-fn dot_rows(a: &QuantizedActivations, row0: usize, out: &mut [i32], w: &PackedWeights, isa: Isa) {
-    let np = w.blocks * BLOCK_N;
-    let rows = out.len() / np;
-    let values = &a.values[row0 * a.kp..(row0 + rows) * a.kp];
+/// The one float step every path shares: `acc × scale_a × scale_w + bias`, row by row.
+fn epilogue(
+    acc: &[i32],
+    np: usize,
+    a_scales: &[f32],
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let n = w.n;
+    let w_scales = &w.scales[..n];
+    for (r, &sa) in a_scales.iter().enumerate() {
+        let accr = &acc[r * np..r * np + n];
+        let yr = &mut y[r * n..(r + 1) * n];
+        match bias {
+            Some(b) => {
+                for (((out, &a), &sw), &bb) in yr.iter_mut().zip(accr).zip(w_scales).zip(b) {
+                    *out = a as f32 * sa * sw + bb;
+                }
+            }
+            None => {
+                for ((out, &a), &sw) in yr.iter_mut().zip(accr).zip(w_scales) {
+                    *out = a as f32 * sa * sw + 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Exact Σ_k q_a[r][k] · q_w[c][k] for every (padded) row of `a`.
+fn dot_rows(a: &QuantizedActivations, out: &mut [i32], w: &PackedWeights, isa: Isa) {
+    let rows = a.rows;
+    let values = &a.values[..];
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `linear_i8` asserted that the CPU supports the ISA.

@@ -14,32 +14,56 @@ pub struct QuantizedRows {
 }
 
 /// Symmetric per-row quantization of a row-major `rows × cols` f32 matrix to int8 in
-/// `[-127, 127]` (round half away from zero). An all-zero row gets scale 0 and zeros.
+/// `[-127, 127]`, rounding half to even. An all-zero row gets scale 0 and zeros.
 ///
 /// Used for weights (one row per output channel) and for activations (one row per token).
 pub fn quantize_rows(data: &[f32], rows: usize, cols: usize) -> QuantizedRows {
     assert_eq!(data.len(), rows * cols, "data length must be rows × cols");
-    let mut values = Vec::with_capacity(data.len());
-    let mut scales = Vec::with_capacity(rows);
-    for row in data.chunks_exact(cols.max(1)).take(rows) {
-        let max_abs = row.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let scale = max_abs / 127.0;
-        scales.push(scale);
-        if scale == 0.0 {
-            values.extend(std::iter::repeat_n(0i8, cols));
-        } else {
-            let inv = 1.0 / scale;
-            values.extend(
-                row.iter()
-                    .map(|x| (x * inv).round().clamp(-127.0, 127.0) as i8),
-            );
-        }
-    }
+    let mut values = vec![0i8; rows * cols];
+    let mut scales = vec![0f32; rows];
+    quantize_rows_into(data, rows, cols, &mut values, cols, &mut scales);
     QuantizedRows {
         rows,
         cols,
         values,
         scales,
+    }
+}
+
+/// 1.5 × 2²³: adding and subtracting it rounds an f32 of magnitude < 2²² to the nearest integer,
+/// ties to even, in plain IEEE arithmetic (vectorizes, unlike `f32::round`).
+const ROUNDER: f32 = 12_582_912.0;
+
+/// [`quantize_rows`] into caller-provided storage: row `r` goes to
+/// `out[r * stride .. r * stride + cols]`, its scale to `scales[r]`.
+pub fn quantize_rows_into(
+    data: &[f32],
+    rows: usize,
+    cols: usize,
+    out: &mut [i8],
+    stride: usize,
+    scales: &mut [f32],
+) {
+    assert!(
+        stride >= cols
+            && out.len() >= rows.saturating_sub(1) * stride + cols
+            && scales.len() >= rows
+    );
+    for r in 0..rows {
+        let row = &data[r * cols..(r + 1) * cols];
+        let max_abs = row.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let scale = max_abs / 127.0;
+        scales[r] = scale;
+        let dst = &mut out[r * stride..r * stride + cols];
+        if scale == 0.0 {
+            dst.fill(0);
+            continue;
+        }
+        let inv = 1.0 / scale;
+        for (d, &x) in dst.iter_mut().zip(row) {
+            let v = (x * inv).clamp(-127.0, 127.0);
+            *d = ((v + ROUNDER) - ROUNDER) as i8;
+        }
     }
 }
 
