@@ -128,11 +128,31 @@ struct QuantizedActivations {
     scales: Vec<f32>,
 }
 
-fn quantize_activations(x: &[f32], m: usize, k: usize, kp: usize) -> QuantizedActivations {
+fn quantize_activations(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    kp: usize,
+    isa: Isa,
+) -> QuantizedActivations {
     let rows = m.div_ceil(TILE_M) * TILE_M;
     let mut values = vec![0i8; rows * kp];
     let mut scales = vec![0f32; rows];
-    quantize_rows_into(x, m, k, &mut values, kp, &mut scales);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            for r in 0..m {
+                // SAFETY: VNNI availability (asserted by `linear_i8`) implies AVX-512F/BW.
+                scales[r] = unsafe {
+                    crate::x86::quantize_row_avx512(
+                        &x[r * k..(r + 1) * k],
+                        &mut values[r * kp..r * kp + k],
+                    )
+                };
+            }
+        }
+        _ => quantize_rows_into(x, m, k, &mut values, kp, &mut scales),
+    }
     QuantizedActivations {
         rows,
         kp,
@@ -167,7 +187,7 @@ pub fn linear_i8(
     let run = |part: usize, ychunk: &mut [f32]| {
         let r0 = part * rows_per_part;
         let rows = ychunk.len() / w.n;
-        let a = quantize_activations(&x[r0 * w.k..(r0 + rows) * w.k], rows, w.k, w.k4 * 4);
+        let a = quantize_activations(&x[r0 * w.k..(r0 + rows) * w.k], rows, w.k, w.k4 * 4, isa);
         let np = w.blocks * BLOCK_N;
         let mut acc = vec![0i32; a.rows * np];
         dot_rows(&a, &mut acc, w, isa);
@@ -315,6 +335,37 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_quantization_equals_scalar_bit_for_bit() {
+        if !Isa::Avx512Vnni.available() {
+            return;
+        }
+        for (len, seed) in [
+            (1usize, 1u32),
+            (15, 2),
+            (16, 3),
+            (17, 4),
+            (384, 5),
+            (1536, 6),
+            (1000, 7),
+        ] {
+            let mut row = data(len, seed);
+            // Exact ties and extremes: the rounding must agree on them too.
+            if len > 3 {
+                row[0] = 1.0;
+                row[1] = 0.5 / 127.0;
+                row[2] = -1.5 / 127.0;
+            }
+            let want = quantize_rows(&row, 1, len);
+            let mut got = vec![0i8; len];
+            // SAFETY: checked above.
+            let scale = unsafe { crate::x86::quantize_row_avx512(&row, &mut got) };
+            assert_eq!(scale, want.scales[0], "len {len}");
+            assert_eq!(got, want.values, "len {len}");
         }
     }
 

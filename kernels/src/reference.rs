@@ -61,10 +61,15 @@ pub fn quantize_rows_into(
         }
         let inv = 1.0 / scale;
         for (d, &x) in dst.iter_mut().zip(row) {
-            let v = (x * inv).clamp(-127.0, 127.0);
-            *d = ((v + ROUNDER) - ROUNDER) as i8;
+            *d = round_to_i8((x * inv).clamp(-127.0, 127.0));
         }
     }
+}
+
+/// Rounds `v` (already within ±127) half to even.
+#[inline]
+pub(crate) fn round_to_i8(v: f32) -> i8 {
+    ((v + ROUNDER) - ROUNDER) as i8
 }
 
 /// `out[m][n] = (Σ_k a[m][k] · w[n][k]) · a.scale[m] · w.scale[n] + bias[n]` with exact i32

@@ -25,31 +25,66 @@ pub unsafe fn dot_rows_vnni(
     let np = blocks * BLOCK_N;
     // u8 view with the +128 offset, one row after another.
     let shifted: Vec<u8> = values.iter().map(|&v| (v as u8) ^ 0x80).collect();
-    for nb in 0..blocks {
+    let mut nb = 0;
+    // Two blocks × four rows = eight independent accumulator chains: enough to hide vpdpbusd's
+    // latency (one or four chains leave most of its throughput unused).
+    while nb + 1 < blocks {
+        let w0 = weights.as_ptr().add(nb * k4 * 64);
+        let w1 = weights.as_ptr().add((nb + 1) * k4 * 64);
+        let corr0 = _mm512_slli_epi32(
+            _mm512_loadu_si512(col_sums.as_ptr().add(nb * BLOCK_N) as *const _),
+            7,
+        );
+        let corr1 = _mm512_slli_epi32(
+            _mm512_loadu_si512(col_sums.as_ptr().add((nb + 1) * BLOCK_N) as *const _),
+            7,
+        );
+        let mut r = 0;
+        while r < rows {
+            let a = shifted.as_ptr().add(r * kp);
+            let mut c = [_mm512_setzero_si512(); 8];
+            for kg in 0..k4 {
+                let wv0 = _mm512_loadu_si512(w0.add(kg * 64) as *const _);
+                let wv1 = _mm512_loadu_si512(w1.add(kg * 64) as *const _);
+                for i in 0..TILE_M {
+                    let av = _mm512_set1_epi32(std::ptr::read_unaligned(
+                        a.add(i * kp + kg * 4) as *const i32
+                    ));
+                    c[i] = _mm512_dpbusd_epi32(c[i], av, wv0);
+                    c[TILE_M + i] = _mm512_dpbusd_epi32(c[TILE_M + i], av, wv1);
+                }
+            }
+            for i in 0..TILE_M {
+                let row = out.as_mut_ptr().add((r + i) * np + nb * BLOCK_N);
+                _mm512_storeu_si512(row as *mut _, _mm512_sub_epi32(c[i], corr0));
+                _mm512_storeu_si512(
+                    row.add(BLOCK_N) as *mut _,
+                    _mm512_sub_epi32(c[TILE_M + i], corr1),
+                );
+            }
+            r += TILE_M;
+        }
+        nb += 2;
+    }
+    if nb < blocks {
         let wblock = weights.as_ptr().add(nb * k4 * 64);
         let sums = _mm512_loadu_si512(col_sums.as_ptr().add(nb * BLOCK_N) as *const _);
         let correction = _mm512_slli_epi32(sums, 7); // 128 × Σw
         let mut r = 0;
         while r < rows {
             let a = shifted.as_ptr().add(r * kp);
-            let mut c0 = _mm512_setzero_si512();
-            let mut c1 = _mm512_setzero_si512();
-            let mut c2 = _mm512_setzero_si512();
-            let mut c3 = _mm512_setzero_si512();
+            let mut c = [_mm512_setzero_si512(); TILE_M];
             for kg in 0..k4 {
                 let wv = _mm512_loadu_si512(wblock.add(kg * 64) as *const _);
-                let at = |row: usize| -> __m512i {
-                    _mm512_set1_epi32(std::ptr::read_unaligned(
-                        a.add(row * kp + kg * 4) as *const i32
-                    ))
-                };
-                c0 = _mm512_dpbusd_epi32(c0, at(0), wv);
-                c1 = _mm512_dpbusd_epi32(c1, at(1), wv);
-                c2 = _mm512_dpbusd_epi32(c2, at(2), wv);
-                c3 = _mm512_dpbusd_epi32(c3, at(3), wv);
+                for (i, acc) in c.iter_mut().enumerate() {
+                    let av = _mm512_set1_epi32(std::ptr::read_unaligned(
+                        a.add(i * kp + kg * 4) as *const i32
+                    ));
+                    *acc = _mm512_dpbusd_epi32(*acc, av, wv);
+                }
             }
-            for (i, c) in [c0, c1, c2, c3].into_iter().enumerate() {
-                let exact = _mm512_sub_epi32(c, correction);
+            for (i, acc) in c.into_iter().enumerate() {
+                let exact = _mm512_sub_epi32(acc, correction);
                 _mm512_storeu_si512(
                     out.as_mut_ptr().add((r + i) * np + nb * BLOCK_N) as *mut _,
                     exact,
@@ -98,4 +133,45 @@ pub unsafe fn dot_rows_avx2(
             _mm256_storeu_si256(dst.add(8) as *mut __m256i, hi);
         }
     }
+}
+
+/// Quantizes one row like [`crate::reference::quantize_rows_into`], bit for bit on finite input
+/// (`vcvtps2dq` rounds half to even, as the scalar rounding does), with AVX-512. Returns the scale.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW; `out` must hold `row.len()` bytes.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn quantize_row_avx512(row: &[f32], out: &mut [i8]) -> f32 {
+    let n = row.len();
+    let chunks = n / 16;
+    let mut vmax = _mm512_setzero_ps();
+    for i in 0..chunks {
+        let v = _mm512_loadu_ps(row.as_ptr().add(i * 16));
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+    }
+    let mut max_abs = _mm512_reduce_max_ps(vmax);
+    for &x in &row[chunks * 16..] {
+        max_abs = max_abs.max(x.abs());
+    }
+    let scale = max_abs / 127.0;
+    if scale == 0.0 {
+        out[..n].fill(0);
+        return 0.0;
+    }
+    let inv = 1.0 / scale;
+    let (vinv, lo, hi) = (
+        _mm512_set1_ps(inv),
+        _mm512_set1_ps(-127.0),
+        _mm512_set1_ps(127.0),
+    );
+    for i in 0..chunks {
+        let v = _mm512_mul_ps(_mm512_loadu_ps(row.as_ptr().add(i * 16)), vinv);
+        let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+        let bytes = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));
+        _mm_storeu_si128(out.as_mut_ptr().add(i * 16) as *mut __m128i, bytes);
+    }
+    for i in chunks * 16..n {
+        out[i] = crate::reference::round_to_i8((row[i] * inv).clamp(-127.0, 127.0));
+    }
+    scale
 }

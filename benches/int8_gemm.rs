@@ -1,0 +1,108 @@
+//! int8 GEMM (wattserve-kernels) against candle's f32 matmul at the encoder's shapes, plus the
+//! machine's instruction peaks for context. `cargo bench --bench int8_gemm`; throughput is shown
+//! in elements/s where one element = one operation (2 per multiply-add), i.e. GOP/s.
+
+use candle_core::{Device, Tensor};
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wattserve_kernels::{default_threads, linear_i8, Isa, PackedWeights};
+
+/// 32 sequences × 64 tokens.
+const M: usize = 2048;
+const SHAPES: [(usize, usize); 3] = [(384, 384), (384, 1536), (1536, 384)];
+
+fn data(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).max(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn gemm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("linear");
+    group.sample_size(20);
+    let threads = default_threads();
+    for (k, n) in SHAPES {
+        group.throughput(Throughput::Elements((2 * M * k * n) as u64));
+        let x = data(M * k, 1);
+        let w = data(n * k, 2);
+        let bias = data(n, 3);
+        let xt = Tensor::from_vec(x.clone(), (M, k), &Device::Cpu).unwrap();
+        let wt = Tensor::from_vec(w.clone(), (n, k), &Device::Cpu).unwrap();
+        let id = format!("{k}x{n}");
+        group.bench_with_input(BenchmarkId::new("candle_f32", &id), &(), |b, _| {
+            b.iter(|| black_box(xt.matmul(&wt.t().unwrap()).unwrap()))
+        });
+        let packed = PackedWeights::quantize(&w, n, k);
+        for isa in [Isa::Avx512Vnni, Isa::Avx2] {
+            if isa.available() {
+                group.bench_with_input(
+                    BenchmarkId::new(format!("int8_{}", isa.name()), &id),
+                    &(),
+                    |b, _| {
+                        b.iter(|| black_box(linear_i8(&x, M, &packed, Some(&bias), isa, threads)))
+                    },
+                );
+            }
+        }
+    }
+    group.finish();
+}
+
+/// Instruction throughput of one core: independent chains of AVX-512 FMA (32 flops each) and
+/// VNNI `vpdpbusd` (128 int8 ops each).
+#[cfg(target_arch = "x86_64")]
+fn peaks(c: &mut Criterion) {
+    use std::arch::x86_64::*;
+    const ITERS: u64 = 1 << 16;
+    let mut group = c.benchmark_group("peak_one_core");
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn fma_loop() -> __m512 {
+            let (a, b) = (_mm512_set1_ps(0.999), _mm512_set1_ps(0.001));
+            let mut acc = [_mm512_setzero_ps(); 12];
+            for _ in 0..ITERS {
+                for r in acc.iter_mut() {
+                    *r = _mm512_fmadd_ps(a, *r, b);
+                }
+            }
+            acc.iter()
+                .fold(_mm512_setzero_ps(), |s, r| _mm512_add_ps(s, *r))
+        }
+        group.throughput(Throughput::Elements(ITERS * 12 * 32));
+        group.bench_function("f32_fma_avx512", |b| {
+            b.iter(|| black_box(unsafe { fma_loop() }))
+        });
+    }
+    if Isa::Avx512Vnni.available() {
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn vnni_loop() -> __m512i {
+            let (a, b) = (_mm512_set1_epi8(3), _mm512_set1_epi8(-2));
+            let mut acc = [_mm512_setzero_si512(); 12];
+            for _ in 0..ITERS {
+                for r in acc.iter_mut() {
+                    *r = _mm512_dpbusd_epi32(*r, a, b);
+                }
+            }
+            acc.iter()
+                .fold(_mm512_setzero_si512(), |s, r| _mm512_add_epi32(s, *r))
+        }
+        group.throughput(Throughput::Elements(ITERS * 12 * 128));
+        group.bench_function("int8_vnni_avx512", |b| {
+            b.iter(|| black_box(unsafe { vnni_loop() }))
+        });
+    }
+    group.finish();
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn peaks(_: &mut Criterion) {}
+
+criterion_group!(benches, gemm, peaks);
+criterion_main!(benches);
