@@ -8,14 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-/// Sum of the values of a metric's samples whose label set contains `label`.
-fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn metrics(server: &TestServer) -> String {
     reqwest::get(server.url("/metrics"))
         .await

@@ -15,13 +15,6 @@ const HARDWARE_USD_PER_HOUR: f64 = 3.6;
 const EMBODIED_KG: f64 = 1000.0;
 const LIFETIME_YEARS: f64 = 4.0;
 
-fn metric(text: &str, name: &str, label: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn header(resp: &reqwest::Response, name: &str) -> String {
     resp.headers()
         .get(name)
@@ -57,7 +50,7 @@ async fn every_success_carries_energy_that_adds_up_to_the_metric() {
         .text()
         .await
         .unwrap();
-    let energy_before = metric(&before, "wattserve_energy_joules_total", label);
+    let energy_before = metric_sum(&before, "wattserve_energy_joules_total", label);
 
     let items: Vec<RefItem> = minilm_reference()
         .into_iter()
@@ -139,13 +132,13 @@ async fn every_success_carries_energy_that_adds_up_to_the_metric() {
         .text()
         .await
         .unwrap();
-    let delta = metric(&after, "wattserve_energy_joules_total", label) - energy_before;
+    let delta = metric_sum(&after, "wattserve_energy_joules_total", label) - energy_before;
     assert!(
         (delta - sum_joules).abs() <= 1e-9 * sum_joules.max(1.0),
         "Σ x-energy-joules {sum_joules} vs metric delta {delta}\n{after}"
     );
-    let co2_total = metric(&after, "wattserve_co2e_grams_total", label);
-    let cost_total = metric(&after, "wattserve_cost_usd_total", label);
+    let co2_total = metric_sum(&after, "wattserve_co2e_grams_total", label);
+    let cost_total = metric_sum(&after, "wattserve_cost_usd_total", label);
     assert!(
         (co2_total - sum_co2).abs() <= 1e-9 * sum_co2,
         "{co2_total} vs {sum_co2}"

@@ -152,3 +152,11 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// Sum of the values of a Prometheus metric's samples whose line contains `label`.
+pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
