@@ -175,6 +175,8 @@ pub struct ServerConfig {
     pub models_dir: PathBuf,
     /// Folder names of the models to serve; empty = every folder with a `model.toml`.
     pub models: Vec<String>,
+    /// Serve every selected model at this precision instead of its model.toml's.
+    pub precision: Option<crate::engine::Precision>,
 }
 
 impl Default for ServerConfig {
@@ -184,6 +186,7 @@ impl Default for ServerConfig {
             port: 8080,
             models_dir: PathBuf::from("models"),
             models: Vec::new(),
+            precision: None,
         }
     }
 }
@@ -239,6 +242,8 @@ pub struct Overrides {
     pub models: Vec<String>,
     /// `--threads` / `WATTSERVE_THREADS`.
     pub threads: Option<usize>,
+    /// `--precision` / `WATTSERVE_PRECISION`: serve every selected model at this precision.
+    pub precision: Option<crate::engine::Precision>,
 }
 
 /// The file read when no `--config` is given, if it exists.
@@ -287,6 +292,9 @@ impl Config {
         }
         if let Some(t) = o.threads {
             self.runtime.threads = t;
+        }
+        if let Some(p) = o.precision {
+            self.server.precision = Some(p);
         }
     }
 

@@ -47,6 +47,10 @@ struct ServeArgs {
     /// CPU compute threads, 0 = one per core [default: 0].
     #[arg(long, env = "WATTSERVE_THREADS")]
     threads: Option<usize>,
+    /// Serve every selected model at this precision (f32, f16, bf16, int8) instead of its
+    /// model.toml's.
+    #[arg(long, env = "WATTSERVE_PRECISION")]
+    precision: Option<wattserve::engine::Precision>,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +80,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         models_dir: args.models_dir,
         models: args.models,
         threads: args.threads,
+        precision: args.precision,
     };
     let config = match Config::load(args.config.as_deref(), &overrides) {
         Ok(c) => c,

@@ -47,6 +47,8 @@ pub struct ServedModel {
     pub load_time: Duration,
     /// The meter of its device; `None` when metering is off.
     pub meter: Option<Arc<Meter>>,
+    /// Bytes of weights held in the served precision.
+    pub weight_bytes: usize,
 }
 
 /// All served models by name.
@@ -150,6 +152,7 @@ fn load_one(entry: &ModelEntry, meter: Option<Arc<Meter>>) -> Result<ServedModel
     let model = EmbeddingModel::load(&entry.embedding_load_options())?;
     let tokenizer = model.tokenizer().clone();
     let dimensions = model.dimensions();
+    let weight_bytes = model.weight_bytes();
     let scheduler =
         EmbeddingScheduler::start(&spec.name, Box::new(model), &spec.batching, meter.clone())
             .map_err(|source| EngineError::Io {
@@ -164,6 +167,7 @@ fn load_one(entry: &ModelEntry, meter: Option<Arc<Meter>>) -> Result<ServedModel
         dimensions,
         max_tokens = tokenizer.max_tokens(),
         load_ms = load_time.as_millis() as u64,
+        weights_mib = format!("{:.1}", weight_bytes as f64 / (1024.0 * 1024.0)),
         "model loaded"
     );
     Ok(ServedModel {
@@ -179,5 +183,6 @@ fn load_one(entry: &ModelEntry, meter: Option<Arc<Meter>>) -> Result<ServedModel
             .unwrap_or(0),
         load_time,
         meter,
+        weight_bytes,
     })
 }

@@ -48,11 +48,17 @@ impl Server {
         Self::bind_entries(config, entries).await
     }
 
-    /// Binds with an explicit list of models (e.g. the benchmark adds variants of a model).
+    /// Binds with an explicit list of models (e.g. the benchmark adds variants of a model);
+    /// `server.precision`, when set, applies to all of them.
     pub async fn bind_entries(
         config: &Config,
-        entries: Vec<ModelEntry>,
+        mut entries: Vec<ModelEntry>,
     ) -> Result<Self, ServeError> {
+        if let Some(p) = config.server.precision {
+            for e in &mut entries {
+                e.spec.precision = p;
+            }
+        }
         crate::metrics::install();
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)

@@ -73,6 +73,12 @@ fn bench_reports_every_request_of_every_level() {
     assert_eq!(levels[2]["mean_batch_size"], 1.0);
     assert_eq!(levels[3]["mean_batch_size"], 1.0);
     assert_eq!(report["distinct_inputs"], 16);
+    // The same model with and without batching gives the same vectors.
+    let acc = &report["accuracy"][0];
+    assert_eq!(acc["model"], "minilm@unbatched");
+    assert_eq!(acc["reference"], "minilm");
+    assert_eq!(acc["inputs"], 16);
+    assert!(acc["min_cosine"].as_f64().unwrap() > 0.99999, "{acc}");
 }
 
 #[test]

@@ -413,3 +413,40 @@ async fn shutdown_finishes_in_flight_requests() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn precision_override_serves_int8_with_smaller_weights() {
+    if !minilm_available() {
+        return;
+    }
+    let f32_server = TestServer::start(|_| {}).await;
+    let int8_server =
+        TestServer::start(|c| c.server.precision = Some(wattserve::engine::Precision::Int8)).await;
+    let card = |s: &TestServer| {
+        let url = s.url("/v1/models");
+        async move {
+            let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            v["data"][0].clone()
+        }
+    };
+    let (a, b) = (card(&f32_server).await, card(&int8_server).await);
+    assert_eq!(a["precision"], "f32");
+    assert_eq!(b["precision"], "int8");
+    let (fa, fb) = (
+        a["weights_bytes"].as_u64().unwrap(),
+        b["weights_bytes"].as_u64().unwrap(),
+    );
+    // 22.7 M parameters; the encoder's 10.6 M projection weights shrink 4x, embeddings stay f32.
+    assert!(
+        fa > 80_000_000 && fb < fa * 2 / 3,
+        "f32 {fa} B, int8 {fb} B"
+    );
+    let resp = post(
+        &int8_server,
+        json!({"model": "minilm", "input": "quantized at load"}),
+    )
+    .await;
+    assert_eq!(resp.headers()["x-precision"], "int8");
+    f32_server.stop().await.unwrap();
+    int8_server.stop().await.unwrap();
+}

@@ -24,6 +24,8 @@ pub struct ModelCard {
     load_time_ms: u64,
     /// How this model's energy is measured (`none` when metering is off).
     energy_source: &'static str,
+    /// Bytes of weights held in the served precision.
+    weights_bytes: usize,
 }
 
 impl ModelCard {
@@ -40,6 +42,7 @@ impl ModelCard {
             max_input_tokens: m.tokenizer.max_tokens(),
             load_time_ms: m.load_time.as_millis() as u64,
             energy_source: m.meter.as_ref().map_or("none", |m| m.method()),
+            weights_bytes: m.weight_bytes,
         }
     }
 }

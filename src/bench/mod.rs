@@ -148,6 +148,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                 threads: args.threads,
                 port: Some(0),
                 host: Some("127.0.0.1".into()),
+                precision: None,
             };
             let config = Config::load(args.config.as_deref(), &overrides)
                 .map_err(crate::ServeError::from)?;
@@ -285,6 +286,11 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         }
     }
 
+    let accuracy = if models.len() > 1 {
+        compare_outputs(&client, &base, &models, &inputs).await?
+    } else {
+        Vec::new()
+    };
     let mut ceilings = Vec::new();
     if args.offline_ceiling {
         for e in &entries {
@@ -303,8 +309,76 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         distinct_inputs: inputs.len(),
         inputs_per_request: args.inputs_per_request,
         ceilings,
+        accuracy,
         levels,
     })
+}
+
+/// Embeds the same inputs (up to 64) with every model and compares each model's vectors with the
+/// first model's: the accuracy cost of a precision, measured in the same run.
+async fn compare_outputs(
+    client: &reqwest::Client,
+    base: &str,
+    models: &[String],
+    inputs: &[String],
+) -> Result<Vec<report::AccuracyReport>, BenchError> {
+    let sample: Vec<&String> = inputs.iter().take(64).collect();
+    let mut outputs: Vec<Vec<Vec<f32>>> = Vec::with_capacity(models.len());
+    for model in models {
+        let mut vectors = Vec::with_capacity(sample.len());
+        for chunk in sample.chunks(32) {
+            let v: serde_json::Value = client
+                .post(format!("{base}/v1/embeddings"))
+                .json(&serde_json::json!({"model": model, "input": chunk}))
+                .send()
+                .await
+                .map_err(|e| BenchError::Target(format!("accuracy comparison, {model}: {e}")))?
+                .json()
+                .await
+                .map_err(|e| BenchError::Target(format!("accuracy comparison, {model}: {e}")))?;
+            let data = v["data"].as_array().ok_or_else(|| {
+                BenchError::Target(format!("accuracy comparison, {model}: no `data` in {v}"))
+            })?;
+            for d in data {
+                let vec: Vec<f32> = d["embedding"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_f64())
+                            .map(|x| x as f32)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                vectors.push(vec);
+            }
+        }
+        outputs.push(vectors);
+    }
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        let nb: f64 = b.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (na * nb).max(f64::MIN_POSITIVE)
+    };
+    Ok(models
+        .iter()
+        .zip(&outputs)
+        .skip(1)
+        .map(|(model, vectors)| {
+            let c: Vec<f64> = vectors
+                .iter()
+                .zip(&outputs[0])
+                .map(|(a, b)| cosine(a, b))
+                .collect();
+            report::AccuracyReport {
+                model: model.clone(),
+                reference: models[0].clone(),
+                inputs: c.len(),
+                mean_cosine: c.iter().sum::<f64>() / c.len().max(1) as f64,
+                min_cosine: c.iter().copied().fold(1.0, f64::min),
+            }
+        })
+        .collect())
 }
 
 /// Polls `/ready`, then returns the served model names from `/v1/models`.

@@ -173,6 +173,21 @@ pub struct CeilingReport {
     pub inputs_per_cpu_s: Option<f64>,
 }
 
+/// How close a model's embeddings are to a reference model's on the same inputs.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccuracyReport {
+    /// The model compared.
+    pub model: String,
+    /// The model it is compared with (the first one benchmarked).
+    pub reference: String,
+    /// Inputs compared.
+    pub inputs: usize,
+    /// Mean cosine similarity.
+    pub mean_cosine: f64,
+    /// Smallest cosine similarity.
+    pub min_cosine: f64,
+}
+
 /// Everything one `wattserve bench` run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
@@ -190,6 +205,8 @@ pub struct BenchReport {
     pub inputs_per_request: usize,
     /// Engine ceilings measured in-process.
     pub ceilings: Vec<CeilingReport>,
+    /// Each model's outputs against the first model's, on the same inputs.
+    pub accuracy: Vec<AccuracyReport>,
     /// One row per model and load level.
     pub levels: Vec<LevelReport>,
 }
@@ -261,6 +278,12 @@ pub fn table(r: &BenchReport) -> String {
             l.rss_mib.map_or("-".into(), |v| format!("{v:.0}")),
             l.error_p99_ms.map_or("-".into(), |v| format!("{v:.2}")),
             errors
+        ));
+    }
+    for a in &r.accuracy {
+        out.push_str(&format!(
+            "accuracy: {} vs {} on {} inputs: mean cosine {:.6}, min {:.6}\n",
+            a.model, a.reference, a.inputs, a.mean_cosine, a.min_cosine
         ));
     }
     for c in &r.ceilings {

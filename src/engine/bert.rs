@@ -417,6 +417,32 @@ impl BertEncoder {
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+
+    /// Bytes of weights held, in the precision they are served at (for memory reports).
+    pub fn weight_bytes(&self) -> usize {
+        let t = |x: &Tensor| x.elem_count() * x.dtype().size_in_bytes();
+        let norm = |n: &LayerNorm| t(n.weight()) + n.bias().map_or(0, t);
+        let mut total = t(self.word.embeddings())
+            + t(&self.position)
+            + t(&self.token_type0)
+            + norm(&self.embed_norm);
+        for l in &self.layers {
+            let a = &l.attention;
+            total += [
+                &a.query,
+                &a.key,
+                &a.value,
+                &a.output,
+                &l.ffn.up,
+                &l.ffn.down,
+            ]
+            .iter()
+            .map(|lin| lin.weight_bytes())
+            .sum::<usize>();
+            total += norm(&a.output_norm) + norm(&l.ffn.norm);
+        }
+        total
+    }
 }
 
 /// Re-creates a LayerNorm with its parameters in `dtype`.

@@ -127,6 +127,11 @@ impl EmbeddingModel {
         self.precision
     }
 
+    /// Bytes of weights held in the served precision.
+    pub fn weight_bytes(&self) -> usize {
+        self.encoder.weight_bytes()
+    }
+
     /// The pooling applied.
     pub fn pooling(&self) -> Pooling {
         self.pooling

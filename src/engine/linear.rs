@@ -67,6 +67,17 @@ impl Linear {
         }
     }
 
+    /// Bytes of weights and bias held.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Linear::Dense(l) => {
+                let t = |x: &Tensor| x.elem_count() * x.dtype().size_in_bytes();
+                t(l.weight()) + l.bias().map_or(0, t)
+            }
+            Linear::Int8 { weights, bias, .. } => weights.bytes() + 4 * bias.len(),
+        }
+    }
+
     /// The dtype activations must have when they enter this layer.
     pub fn input_dtype(&self) -> DType {
         match self {
