@@ -68,6 +68,8 @@ fn bench_reports_every_request_of_every_level() {
         assert!(l["p50_ms"].as_f64().unwrap() > 0.0);
         assert!(l["p99_ms"].as_f64().unwrap() >= l["p50_ms"].as_f64().unwrap());
         assert!(l["cpu_seconds"].as_f64().unwrap() > 0.0);
+        // Metering is on by default: every level reports its mean energy per request.
+        assert!(l["joules_per_request"].as_f64().unwrap() > 0.0, "{l}");
     }
     // Without batching every request is computed alone.
     assert_eq!(levels[2]["mean_batch_size"], 1.0);

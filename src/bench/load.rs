@@ -49,29 +49,32 @@ impl Target {
         }
     }
 
-    /// Sends request number `i`; returns (status, latency µs, x-batch-size). Status 0 = the
-    /// connection failed.
-    async fn send(&self, i: usize) -> (u16, u64, Option<u64>) {
+    /// Sends request number `i`; returns (status, latency µs, x-batch-size, x-energy-joules).
+    /// Status 0 = the connection failed.
+    async fn send(&self, i: usize) -> (u16, u64, Option<u64>, Option<f64>) {
         let body = self.body(i);
         let start = Instant::now();
         let result = self.client.post(&self.url).json(&body).send().await;
-        let (status, batch) = match result {
+        let (status, batch, joules) = match result {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let batch = resp
-                    .headers()
-                    .get("x-batch-size")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok());
+                let header = |name: &str| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                let batch = header("x-batch-size").and_then(|v| v.parse().ok());
+                let joules = header("x-energy-joules").and_then(|v| v.parse().ok());
                 // Read the whole body: the client's latency includes the transfer.
                 match resp.bytes().await {
-                    Ok(_) => (status, batch),
-                    Err(_) => (0, None),
+                    Ok(_) => (status, batch, joules),
+                    Err(_) => (0, None, None),
                 }
             }
-            Err(_) => (0, None),
+            Err(_) => (0, None, None),
         };
-        (status, start.elapsed().as_micros() as u64, batch)
+        (status, start.elapsed().as_micros() as u64, batch, joules)
     }
 }
 
@@ -120,8 +123,8 @@ pub async fn closed_loop(
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let (status, micros, batch) = target.send(i).await;
-                rec.record(status, micros, target.per_request, batch);
+                let (status, micros, batch, joules) = target.send(i).await;
+                rec.record(status, micros, target.per_request, batch, joules);
             }
             rec
         }));
@@ -180,9 +183,9 @@ pub async fn open_loop(
         let n = i;
         i += 1;
         tasks.push(tokio::spawn(async move {
-            let (status, micros, batch) = target.send(n).await;
+            let (status, micros, batch, joules) = target.send(n).await;
             if let Ok(mut r) = rec.lock() {
-                r.record(status, micros, target.per_request, batch);
+                r.record(status, micros, target.per_request, batch, joules);
             }
             outstanding.fetch_sub(1, Ordering::SeqCst);
         }));

@@ -21,6 +21,10 @@ pub struct Recorder {
     pub batch_size_sum: u64,
     /// Open loop: arrivals not sent because too many were outstanding.
     pub not_sent: u64,
+    /// Sum of `x-energy-joules` over successful requests that carried it.
+    pub joules_sum: f64,
+    /// Successful requests that carried `x-energy-joules`.
+    pub metered: u64,
 }
 
 impl Default for Recorder {
@@ -37,15 +41,28 @@ impl Default for Recorder {
             errors: BTreeMap::new(),
             batch_size_sum: 0,
             not_sent: 0,
+            joules_sum: 0.0,
+            metered: 0,
         }
     }
 }
 
 impl Recorder {
     /// Records one answered request.
-    pub fn record(&mut self, status: u16, micros: u64, inputs: usize, batch_size: Option<u64>) {
+    pub fn record(
+        &mut self,
+        status: u16,
+        micros: u64,
+        inputs: usize,
+        batch_size: Option<u64>,
+        joules: Option<f64>,
+    ) {
         let micros = micros.clamp(1, 600_000_000);
         if status == 200 {
+            if let Some(j) = joules {
+                self.joules_sum += j;
+                self.metered += 1;
+            }
             self.requests_ok += 1;
             self.inputs_ok += inputs as u64;
             self.batch_size_sum += batch_size.unwrap_or(0);
@@ -64,6 +81,8 @@ impl Recorder {
         self.inputs_ok += other.inputs_ok;
         self.batch_size_sum += other.batch_size_sum;
         self.not_sent += other.not_sent;
+        self.joules_sum += other.joules_sum;
+        self.metered += other.metered;
         for (k, v) in &other.errors {
             *self.errors.entry(*k).or_default() += v;
         }
@@ -107,6 +126,8 @@ pub struct LevelReport {
     pub inputs_per_cpu_s: Option<f64>,
     /// In-process runs: resident memory at the end of the level, MiB.
     pub rss_mib: Option<f64>,
+    /// Mean `x-energy-joules` of successful requests (absent when not metered).
+    pub joules_per_request: Option<f64>,
 }
 
 impl LevelReport {
@@ -154,6 +175,7 @@ impl LevelReport {
                 .filter(|&c| c > 0.0)
                 .map(|c| rec.inputs_ok as f64 / c),
             rss_mib,
+            joules_per_request: (rec.metered > 0).then(|| rec.joules_sum / rec.metered as f64),
         }
     }
 }
@@ -228,7 +250,7 @@ pub fn table(r: &BenchReport) -> String {
         fmt_load(r.load_average_end),
     ));
     out.push_str(&format!(
-        "{:<22} {:>10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>8}  {}\n",
+        "{:<22} {:>10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>8} {:>8}  {}\n",
         "model",
         "load",
         "req/s",
@@ -241,6 +263,7 @@ pub fn table(r: &BenchReport) -> String {
         "in/CPU-s",
         "RSS MiB",
         "err p99",
+        "mJ/req",
         "errors"
     ));
     for l in &r.levels {
@@ -264,7 +287,7 @@ pub fn table(r: &BenchReport) -> String {
             e.join(" ")
         };
         out.push_str(&format!(
-            "{:<22} {:>10} {:>9.1} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6.1} {:>9} {:>9} {:>8}  {}\n",
+            "{:<22} {:>10} {:>9.1} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6.1} {:>9} {:>9} {:>8} {:>8}  {}\n",
             l.model,
             l.load,
             l.requests_per_s,
@@ -277,6 +300,7 @@ pub fn table(r: &BenchReport) -> String {
             l.inputs_per_cpu_s.map_or("-".into(), |v| format!("{v:.1}")),
             l.rss_mib.map_or("-".into(), |v| format!("{v:.0}")),
             l.error_p99_ms.map_or("-".into(), |v| format!("{v:.2}")),
+            l.joules_per_request.map_or("-".into(), |v| format!("{:.1}", v * 1000.0)),
             errors
         ));
     }
