@@ -84,9 +84,8 @@ impl Activation {
 }
 
 struct SelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Q, K and V stacked: (H) -> (3H).
+    qkv: Linear,
     output: Linear,
     output_norm: LayerNorm,
     heads: usize,
@@ -99,9 +98,11 @@ impl SelfAttention {
         let sa = vb.pp("self");
         let out = vb.pp("output");
         Ok(Self {
-            query: Linear::load(h, h, precision, sa.pp("query"))?,
-            key: Linear::load(h, h, precision, sa.pp("key"))?,
-            value: Linear::load(h, h, precision, sa.pp("value"))?,
+            qkv: Linear::load_stacked(
+                h,
+                &[(h, sa.pp("query")), (h, sa.pp("key")), (h, sa.pp("value"))],
+                precision,
+            )?,
             output: Linear::load(h, h, precision, out.pp("dense"))?,
             output_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, out.pp("LayerNorm"))?,
             heads: cfg.num_attention_heads,
@@ -111,9 +112,13 @@ impl SelfAttention {
 
     /// Self-attention block over a batch in either layout; returns the same shape as `x`.
     fn forward(&self, x: &Tensor, layout: &Layout) -> Result<Tensor, EngineError> {
-        let q = self.query.forward(x)?;
-        let k = self.key.forward(x)?;
-        let v = self.value.forward(x)?;
+        // (.., 3H) -> three (.., H)
+        let qkv = self.qkv.forward(x)?;
+        let last = qkv.rank() - 1;
+        let h = qkv.dim(last)? / 3;
+        let q = qkv.narrow(last, 0, h)?.contiguous()?;
+        let k = qkv.narrow(last, h, h)?.contiguous()?;
+        let v = qkv.narrow(last, 2 * h, h)?.contiguous()?;
         let context = match layout {
             Layout::Padded { mask } => self.attend_padded(&q, &k, &v, mask)?,
             Layout::Packed { spans } => self.attend_packed(&q, &k, &v, spans)?,
@@ -428,17 +433,10 @@ impl BertEncoder {
             + norm(&self.embed_norm);
         for l in &self.layers {
             let a = &l.attention;
-            total += [
-                &a.query,
-                &a.key,
-                &a.value,
-                &a.output,
-                &l.ffn.up,
-                &l.ffn.down,
-            ]
-            .iter()
-            .map(|lin| lin.weight_bytes())
-            .sum::<usize>();
+            total += [&a.qkv, &a.output, &l.ffn.up, &l.ffn.down]
+                .iter()
+                .map(|lin| lin.weight_bytes())
+                .sum::<usize>();
             total += norm(&a.output_norm) + norm(&l.ffn.norm);
         }
         total

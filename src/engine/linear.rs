@@ -34,24 +34,54 @@ impl Linear {
         precision: Precision,
         vb: VarBuilder,
     ) -> Result<Self, EngineError> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = vb.get(out_dim, "bias")?;
+        Self::from_tensors(weight, bias, precision)
+    }
+
+    /// One layer from several stacked along the output dimension (e.g. Q, K and V as one
+    /// `(3H, H)` projection: the input is read, and for int8 quantized, once instead of three
+    /// times). Each part is `(out_dim, in_dim)` under its `VarBuilder`.
+    pub fn load_stacked(
+        in_dim: usize,
+        parts: &[(usize, VarBuilder)],
+        precision: Precision,
+    ) -> Result<Self, EngineError> {
+        let mut weights = Vec::with_capacity(parts.len());
+        let mut biases = Vec::with_capacity(parts.len());
+        for (out_dim, vb) in parts {
+            weights.push(vb.get((*out_dim, in_dim), "weight")?);
+            biases.push(vb.get(*out_dim, "bias")?);
+        }
+        Self::from_tensors(
+            Tensor::cat(&weights, 0)?,
+            Tensor::cat(&biases, 0)?,
+            precision,
+        )
+    }
+
+    /// Builds the layer from `weight` `(out, in)` and `bias` `(out)` at `precision`.
+    pub fn from_tensors(
+        weight: Tensor,
+        bias: Tensor,
+        precision: Precision,
+    ) -> Result<Self, EngineError> {
+        let (out_dim, in_dim) = weight.dims2()?;
         match precision.dense_dtype() {
             Some(dtype) => {
-                let weight = vb.get((out_dim, in_dim), "weight")?.to_dtype(dtype)?;
-                let bias = vb.get(out_dim, "bias")?.to_dtype(dtype)?;
+                let weight = weight.to_dtype(dtype)?;
+                let bias = bias.to_dtype(dtype)?;
                 Ok(Linear::Dense(candle_nn::Linear::new(weight, Some(bias))))
             }
             None => {
-                if !vb.device().is_cpu() {
+                if !weight.device().is_cpu() {
                     return Err(EngineError::Unsupported(
                         "precision int8 runs on the CPU only so far (no GPU int8 kernel yet)"
                             .into(),
                     ));
                 }
-                let weight = vb.get((out_dim, in_dim), "weight")?.to_dtype(DType::F32)?;
-                let bias = vb
-                    .get(out_dim, "bias")?
-                    .to_dtype(DType::F32)?
-                    .to_vec1::<f32>()?;
+                let weight = weight.to_dtype(DType::F32)?;
+                let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
                 let flat = weight.flatten_all()?.to_vec1::<f32>()?;
                 let isa = Isa::detect();
                 static LOGGED: std::sync::Once = std::sync::Once::new();
