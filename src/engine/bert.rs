@@ -76,7 +76,10 @@ impl Activation {
 
     fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::GeluErf => x.gelu_erf(),
+            Activation::GeluErf => super::activation::gelu_erf(x).map_err(|e| match e {
+                EngineError::Tensor(t) => t,
+                other => candle_core::Error::Msg(other.to_string()),
+            }),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
         }

@@ -3,6 +3,7 @@
 //! `engine` knows nothing of HTTP or queues: it turns token ids into vectors. The scheduler in
 //! [`crate::batch`] owns an engine on a dedicated compute thread.
 
+pub mod activation;
 pub mod bert;
 pub mod device;
 pub mod embedding_model;
