@@ -172,8 +172,7 @@ impl SelfAttention {
     ) -> Result<Tensor, EngineError> {
         let h = q.dim(1)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mut contexts = Vec::with_capacity(spans.len());
-        for &(start, len) in spans {
+        let attend_one = |&(start, len): &(usize, usize)| -> candle_core::Result<Tensor> {
             let split = |y: &Tensor| -> candle_core::Result<Tensor> {
                 // (len, H) -> (nh, len, hd)
                 y.narrow(0, start, len)?
@@ -186,14 +185,19 @@ impl SelfAttention {
             let scores = (qi.matmul(&ki.t()?)? * scale)?.to_dtype(DType::F32)?;
             let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(vi.dtype())?;
             // (nh, len, hd) -> (len, H)
-            contexts.push(
-                probs
-                    .matmul(&vi)?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .reshape((len, h))?,
-            );
-        }
+            probs
+                .matmul(&vi)?
+                .transpose(0, 1)?
+                .contiguous()?
+                .reshape((len, h))
+        };
+        // Sequences are independent: attend to them in parallel (candle runs these small ops on
+        // one thread each).
+        use rayon::prelude::*;
+        let contexts = spans
+            .par_iter()
+            .map(attend_one)
+            .collect::<candle_core::Result<Vec<Tensor>>>()?;
         Ok(Tensor::cat(&contexts, 0)?)
     }
 }
