@@ -79,6 +79,18 @@ pub enum SourceChoice {
     Estimate,
 }
 
+impl SourceChoice {
+    /// The name used in config files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceChoice::Auto => "auto",
+            SourceChoice::Nvml => "nvml",
+            SourceChoice::Rapl => "rapl",
+            SourceChoice::Estimate => "estimate",
+        }
+    }
+}
+
 /// `[energy]`: how energy is measured and attributed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

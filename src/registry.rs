@@ -12,6 +12,7 @@ use crate::batch::EmbeddingScheduler;
 use crate::config::Config;
 use crate::engine::{DeviceSpec, EmbeddingModel, EmbeddingTokenizer, EngineError, Precision};
 use crate::meter::pricing::Pricing;
+use crate::meter::source::SourceError;
 use crate::meter::{select_source, Meter};
 use crate::repository::{ModelEntry, Task, WeightFormat};
 
@@ -65,40 +66,21 @@ impl Registry {
         let mut meters: HashMap<DeviceSpec, Arc<Meter>> = HashMap::new();
         let pricing = Arc::new(Pricing::from_config(&config.carbon, &config.cost));
         for entry in entries {
-            let meter = if config.energy.enabled && entry.metered {
-                match meters.get(&entry.spec.device) {
-                    Some(m) => Some(m.clone()),
-                    None => {
-                        let (source, skipped) = select_source(&config.energy, entry.spec.device)
-                            .map_err(|e| LoadError {
-                                model: entry.spec.name.clone(),
-                                file: entry.file.clone(),
-                                source: Box::new(EngineError::Unsupported(format!(
-                                    "energy.source = \"{}\": {e}",
-                                    serde_json::to_value(config.energy.source)
-                                        .ok()
-                                        .and_then(|v| v.as_str().map(str::to_string))
-                                        .unwrap_or_default()
-                                ))),
-                            })?;
-                        for line in skipped {
-                            tracing::warn!("{line}");
-                        }
-                        let meter = Meter::start(source, &config.energy, pricing.clone());
-                        tracing::info!(
-                            device = %entry.spec.device,
-                            method = meter.method(),
-                            "energy: metering {} with {}",
-                            entry.spec.device,
-                            meter.method()
-                        );
-                        meters.insert(entry.spec.device, meter.clone());
-                        Some(meter)
-                    }
-                }
-            } else {
-                None
-            };
+            let meter =
+                if config.energy.enabled && entry.metered {
+                    let meter = meter_for(entry.spec.device, config, &pricing, &mut meters)
+                        .map_err(|e| LoadError {
+                            model: entry.spec.name.clone(),
+                            file: entry.file.clone(),
+                            source: Box::new(EngineError::Unsupported(format!(
+                                "energy.source = \"{}\": {e}",
+                                config.energy.source.as_str()
+                            ))),
+                        })?;
+                    Some(meter)
+                } else {
+                    None
+                };
             let served = load_one(entry, meter).map_err(|source| LoadError {
                 model: entry.spec.name.clone(),
                 file: entry.file.clone(),
@@ -123,6 +105,26 @@ impl Registry {
     pub fn names(&self) -> Vec<String> {
         self.models.keys().cloned().collect()
     }
+}
+
+/// The device's meter: the one already started for it, else a new one from `energy.source`.
+fn meter_for(
+    device: DeviceSpec,
+    config: &Config,
+    pricing: &Arc<Pricing>,
+    meters: &mut HashMap<DeviceSpec, Arc<Meter>>,
+) -> Result<Arc<Meter>, SourceError> {
+    if let Some(m) = meters.get(&device) {
+        return Ok(m.clone());
+    }
+    let (source, skipped) = select_source(&config.energy, device)?;
+    for line in skipped {
+        tracing::warn!("{line}");
+    }
+    let meter = Meter::start(source, &config.energy, pricing.clone());
+    tracing::info!("energy: metering {device} with {}", meter.method());
+    meters.insert(device, meter.clone());
+    Ok(meter)
 }
 
 fn load_one(entry: &ModelEntry, meter: Option<Arc<Meter>>) -> Result<ServedModel, EngineError> {

@@ -8,8 +8,6 @@
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::EngineError;
-
 /// erf(x) for f32: `x · P(x²) / Q(x²)` on x clamped to [-4, 4] (beyond, erf is ±1 in f32).
 #[inline(always)]
 pub fn fast_erf(x: f32) -> f32 {
@@ -31,9 +29,9 @@ pub fn fast_erf(x: f32) -> f32 {
 }
 
 /// Exact (erf) GELU of an f32 tensor of any shape; other dtypes go through candle's `gelu_erf`.
-pub fn gelu_erf(x: &Tensor) -> Result<Tensor, EngineError> {
+pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
     if x.dtype() != DType::F32 || !x.device().is_cpu() {
-        return Ok(x.gelu_erf()?);
+        return x.gelu_erf();
     }
     let mut v = x.flatten_all()?.to_vec1::<f32>()?;
     v.par_chunks_mut(16 * 1024).for_each(|chunk| {
@@ -41,7 +39,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor, EngineError> {
             *y = 0.5 * *y * (1.0 + fast_erf(*y * std::f32::consts::FRAC_1_SQRT_2));
         }
     });
-    Ok(Tensor::from_vec(v, x.shape(), x.device())?)
+    Tensor::from_vec(v, x.shape(), x.device())
 }
 
 #[cfg(test)]

@@ -76,10 +76,7 @@ impl Activation {
 
     fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
-            Activation::GeluErf => super::activation::gelu_erf(x).map_err(|e| match e {
-                EngineError::Tensor(t) => t,
-                other => candle_core::Error::Msg(other.to_string()),
-            }),
+            Activation::GeluErf => super::activation::gelu_erf(x),
             Activation::GeluTanh => x.gelu(),
             Activation::Relu => x.relu(),
         }
@@ -203,7 +200,7 @@ impl SelfAttention {
 }
 
 /// How the sequences of a batch are laid out in the activations.
-pub enum Layout {
+pub enum Layout<'a> {
     /// (B, T, H) padded to the longest, with an additive (B, 1, 1, T) f32 mask. One batched
     /// attention for all: the layout for GPUs, where many small kernels cost more than padding.
     Padded {
@@ -215,7 +212,7 @@ pub enum Layout {
     /// projection (95% of the FLOPs) runs on real tokens only.
     Packed {
         /// (first row, length) of each sequence.
-        spans: Vec<(usize, usize)>,
+        spans: &'a [(usize, usize)],
     },
 }
 
@@ -258,7 +255,6 @@ pub struct BertEncoder {
     token_type0: Tensor,
     embed_norm: LayerNorm,
     layers: Vec<Layer>,
-    dtype: DType,
     device: Device,
     hidden_size: usize,
     max_positions: usize,
@@ -324,7 +320,6 @@ impl BertEncoder {
             token_type0,
             embed_norm,
             layers,
-            dtype,
             device: vb.device().clone(),
             hidden_size: h,
             max_positions: cfg.max_position_embeddings,
@@ -334,11 +329,6 @@ impl BertEncoder {
     /// `H`, the width of every hidden state (and of mean/CLS-pooled embeddings).
     pub fn hidden_size(&self) -> usize {
         self.hidden_size
-    }
-
-    /// The largest `T` the position table allows.
-    pub fn max_positions(&self) -> usize {
-        self.max_positions
     }
 
     /// The device the weights live on.
@@ -396,12 +386,7 @@ impl BertEncoder {
             .forward(&ids)?
             .add(&self.position.index_select(&positions, 0)?)?
             .broadcast_add(&self.token_type0)?;
-        let hidden = self.encode(
-            x,
-            &Layout::Packed {
-                spans: spans.clone(),
-            },
-        )?;
+        let hidden = self.encode(x, &Layout::Packed { spans: &spans })?;
         Ok((hidden, spans))
     }
 
@@ -423,11 +408,6 @@ impl BertEncoder {
             x = layer.ffn.forward(&x)?;
         }
         Ok(x.to_dtype(DType::F32)?)
-    }
-
-    /// The dtype activations flow in.
-    pub fn dtype(&self) -> DType {
-        self.dtype
     }
 
     /// Bytes of weights held, in the precision they are served at (for memory reports).

@@ -108,14 +108,6 @@ impl Linear {
         }
     }
 
-    /// The dtype activations must have when they enter this layer.
-    pub fn input_dtype(&self) -> DType {
-        match self {
-            Linear::Dense(l) => l.weight().dtype(),
-            Linear::Int8 { .. } => DType::F32,
-        }
-    }
-
     /// Applies the layer to `x` of shape `(.., in_dim)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         match self {
