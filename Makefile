@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: serve test models build release fmt clean
+.PHONY: serve test models build release fmt clean check-cuda
 
 ## Fetch the default models if missing, build release, serve on :8080 (pass more flags with ARGS=...).
 serve: models
@@ -18,6 +18,17 @@ test: models
 ## Fetch the default models' weights (idempotent; verifies sha256).
 models:
 	./models/fetch.sh
+
+## Type-check and lint the CUDA build (`--features cuda`): unpacks NVIDIA's CUDA 13.0 compiler from
+## its Python wheels into target/cuda-toolkit, then nvcc compiles candle's and our kernels (about
+## 45 min on 2 cores, in target/cuda). Needs no GPU; NOT part of `make test` or CI.
+CUDA_COMPUTE_CAP ?= 90
+check-cuda:
+	@home="$$(./kernels/cuda/fetch-toolkit.sh $(CURDIR)/target/cuda-toolkit)" && \
+	  echo "check-cuda: CUDA_HOME=$$home CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP)" && \
+	  CUDA_HOME="$$home" CUDA_ROOT="$$home" PATH="$$home/bin:$$PATH" \
+	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR=$(CURDIR)/target/cuda \
+	  $(CARGO) clippy --locked --workspace --all-targets --features cuda -- -D warnings
 
 build:
 	$(CARGO) build --locked

@@ -369,6 +369,69 @@ mod tests {
         }
     }
 
+    /// Random matrices with the values that stress the arithmetic: zeros, exact rounding ties,
+    /// the per-row maximum in either sign, and magnitudes from tiny to large.
+    fn matrix(len: usize) -> impl proptest::strategy::Strategy<Value = Vec<f32>> {
+        use proptest::prelude::*;
+        let value = prop_oneof![
+            6 => -1.0f32..1.0,
+            1 => Just(0.0f32),
+            1 => (-127i32..=127).prop_map(|q| (q as f32 + 0.5) / 127.0),
+            1 => -1.0e4f32..1.0e4,
+            1 => -1.0e-6f32..1.0e-6,
+        ];
+        proptest::collection::vec(value, len)
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// (m, k, n, threads): m and n cross the 4-row tile and 16-channel block edges, k crosses
+        /// the 4-byte groups and the 64-byte AVX-512 vectors.
+        fn shape() -> impl Strategy<Value = (usize, usize, usize, usize)> {
+            (1usize..=19, 1usize..=300, 1usize..=70, 1usize..=4)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+            #[test]
+            fn every_simd_path_equals_the_scalar_reference(
+                ((m, k, n, threads), x, w, bias) in shape().prop_flat_map(|(m, k, n, t)| {
+                    (Just((m, k, n, t)), matrix(m * k), matrix(n * k), matrix(n))
+                })
+            ) {
+                let packed = PackedWeights::quantize(&w, n, k);
+                let want = gemm_i8_reference(
+                    &quantize_rows(&x, m, k),
+                    &quantize_rows(&w, n, k),
+                    Some(&bias),
+                );
+                prop_assert_eq!(&linear_i8(&x, m, &packed, Some(&bias), Isa::Scalar, 1), &want);
+                for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+                    if isa.available() {
+                        let got = linear_i8(&x, m, &packed, Some(&bias), isa, threads);
+                        prop_assert_eq!(&got, &want, "{:?} {}x{}x{} threads {}", isa, m, k, n, threads);
+                    }
+                }
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[test]
+            fn simd_activation_quantizer_equals_the_scalar_reference(row in (1usize..=700).prop_flat_map(matrix)) {
+                if Isa::Avx512Vnni.available() {
+                    let want = quantize_rows(&row, 1, row.len());
+                    let mut got = vec![0i8; row.len()];
+                    // SAFETY: AVX-512 availability checked above.
+                    let scale = unsafe { crate::x86::quantize_row_avx512(&row, &mut got) };
+                    prop_assert_eq!(scale.to_bits(), want.scales[0].to_bits());
+                    prop_assert_eq!(got, want.values);
+                }
+            }
+        }
+    }
+
     #[test]
     fn int8_is_close_to_f32() {
         let (m, k, n) = (8, 384, 64);

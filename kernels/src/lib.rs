@@ -5,6 +5,8 @@
 //! arithmetic; [`gemm`] packs weights once and runs it with AVX-512 VNNI, AVX2 or scalar code,
 //! chosen at run time, all bit-identical.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod gemm;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]

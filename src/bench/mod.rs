@@ -38,8 +38,10 @@ pub struct BenchArgs {
     /// In-process server: the model repository.
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
-    /// In-process server: model folders to load (repeatable). Also the models benchmarked.
-    #[arg(long = "model", value_delimiter = ',')]
+    /// In-process server: model folders to load (repeatable). Also the models benchmarked, in
+    /// this order; the first is the accuracy reference (`--compare minilm,minilm-int8` is the
+    /// same flag).
+    #[arg(long = "model", visible_alias = "compare", value_delimiter = ',')]
     pub models: Vec<String>,
     /// In-process server: CPU compute threads (0 = one per core).
     #[arg(long)]

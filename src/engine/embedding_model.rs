@@ -101,6 +101,11 @@ impl EmbeddingModel {
             .min(cfg.max_position_embeddings);
         let tokenizer = EmbeddingTokenizer::from_file(&dir.join("tokenizer.json"), max_tokens)?;
 
+        if opts.precision == Precision::Gguf {
+            return Err(EngineError::Unsupported(
+                "precision gguf applies to GGUF decoders only; embedding models take f32, f16, bf16 or int8".into(),
+            ));
+        }
         let device = opts.device.open()?;
         let vb = load_safetensors(dir, &device)?;
         let encoder = BertEncoder::load(&cfg, opts.precision, vb)?;

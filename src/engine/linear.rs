@@ -24,6 +24,9 @@ pub enum Linear {
         /// The kernel's instruction set.
         isa: Isa,
     },
+    /// The same int8 scheme on a CUDA GPU (`__dp4a` kernels; compiled, never run on a GPU here).
+    #[cfg(feature = "cuda")]
+    Int8Cuda(Arc<super::linear_cuda::CudaInt8Linear>),
 }
 
 impl Linear {
@@ -74,15 +77,12 @@ impl Linear {
                 Ok(Linear::Dense(candle_nn::Linear::new(weight, Some(bias))))
             }
             None => {
-                if !weight.device().is_cpu() {
-                    return Err(EngineError::Unsupported(
-                        "precision int8 runs on the CPU only so far (no GPU int8 kernel yet)"
-                            .into(),
-                    ));
-                }
                 let weight = weight.to_dtype(DType::F32)?;
                 let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
                 let flat = weight.flatten_all()?.to_vec1::<f32>()?;
+                if !weight.device().is_cpu() {
+                    return Self::int8_on_gpu(&flat, &bias, out_dim, in_dim, weight.device());
+                }
                 let isa = Isa::detect();
                 static LOGGED: std::sync::Once = std::sync::Once::new();
                 LOGGED.call_once(|| {
@@ -97,6 +97,31 @@ impl Linear {
         }
     }
 
+    #[cfg(feature = "cuda")]
+    fn int8_on_gpu(
+        weight: &[f32],
+        bias: &[f32],
+        out_dim: usize,
+        in_dim: usize,
+        device: &candle_core::Device,
+    ) -> Result<Self, EngineError> {
+        let layer = super::linear_cuda::CudaInt8Linear::new(weight, bias, out_dim, in_dim, device)?;
+        Ok(Linear::Int8Cuda(Arc::new(layer)))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn int8_on_gpu(
+        _: &[f32],
+        _: &[f32],
+        _: usize,
+        _: usize,
+        device: &candle_core::Device,
+    ) -> Result<Self, EngineError> {
+        Err(EngineError::Unsupported(format!(
+            "precision int8 on {device:?} needs a build with the `cuda` feature"
+        )))
+    }
+
     /// Bytes of weights and bias held.
     pub fn weight_bytes(&self) -> usize {
         match self {
@@ -105,6 +130,8 @@ impl Linear {
                 t(l.weight()) + l.bias().map_or(0, t)
             }
             Linear::Int8 { weights, bias, .. } => weights.bytes() + 4 * bias.len(),
+            #[cfg(feature = "cuda")]
+            Linear::Int8Cuda(layer) => layer.bytes(),
         }
     }
 
@@ -129,6 +156,8 @@ impl Linear {
                 }
                 Ok(Tensor::from_vec(y, dims, x.device())?)
             }
+            #[cfg(feature = "cuda")]
+            Linear::Int8Cuda(layer) => Ok(layer.forward(x)?),
         }
     }
 }

@@ -1,15 +1,24 @@
 //! Model execution: devices, precisions, the model implementations, tokenizers and weight loading.
 //!
-//! `engine` knows nothing of HTTP or queues: it turns token ids into vectors. The scheduler in
+//! `engine` knows nothing of HTTP or queues: it turns token ids into vectors (encoders) or
+//! next-token logits (decoders). The scheduler in
 //! [`crate::batch`] owns an engine on a dedicated compute thread.
 
 pub mod activation;
 pub mod bert;
+pub mod chat_template;
 pub mod device;
 pub mod embedding_model;
+pub mod generation_model;
+pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod linear;
+#[cfg(feature = "cuda")]
+pub mod linear_cuda;
+pub mod llama;
 pub mod pooling;
 pub mod precision;
+pub mod sampling;
 pub mod tokenizer;
 
 pub use device::DeviceSpec;

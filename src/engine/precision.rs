@@ -15,8 +15,11 @@ pub enum Precision {
     F16,
     /// bfloat16.
     Bf16,
-    /// int8 weights (per output channel) and activations (per row), CPU only so far.
+    /// int8 weights and activations. Encoders: per output channel / per row, our kernels.
+    /// GGUF decoders: Q8_0 (blocks of 32), candle's quantized matmul.
     Int8,
+    /// GGUF decoders only: every tensor as stored in the file (e.g. Q4_1).
+    Gguf,
 }
 
 impl Precision {
@@ -27,6 +30,7 @@ impl Precision {
             Precision::F16 => "f16",
             Precision::Bf16 => "bf16",
             Precision::Int8 => "int8",
+            Precision::Gguf => "gguf",
         }
     }
 
@@ -36,7 +40,7 @@ impl Precision {
             Precision::F32 => Some(DType::F32),
             Precision::F16 => Some(DType::F16),
             Precision::Bf16 => Some(DType::BF16),
-            Precision::Int8 => None,
+            Precision::Int8 | Precision::Gguf => None,
         }
     }
 }
@@ -55,8 +59,9 @@ impl std::str::FromStr for Precision {
             "f16" | "fp16" => Ok(Precision::F16),
             "bf16" => Ok(Precision::Bf16),
             "int8" => Ok(Precision::Int8),
+            "gguf" => Ok(Precision::Gguf),
             other => Err(format!(
-                "unknown precision `{other}` (expected f32, f16, bf16 or int8)"
+                "unknown precision `{other}` (expected f32, f16, bf16, int8 or gguf)"
             )),
         }
     }
@@ -73,6 +78,7 @@ mod tests {
             Precision::F16,
             Precision::Bf16,
             Precision::Int8,
+            Precision::Gguf,
         ] {
             assert_eq!(p.as_str().parse::<Precision>().unwrap(), p);
         }

@@ -1,0 +1,336 @@
+//! SmolLM2-135M-Instruct from its GGUF: tokenizer and chat template against llama.cpp's
+//! fixtures, greedy decoding against candle-transformers' `quantized_llama` (same arithmetic) and
+//! llama.cpp (different arithmetic: common prefix reported), and batched decoding against
+//! decoding alone.
+
+mod common;
+
+use std::path::PathBuf;
+
+use candle_core::{Device, Tensor};
+use wattserve::engine::chat_template::ChatMessage;
+use wattserve::engine::generation_model::{argmax, GenerationLoadOptions, GenerationModel};
+use wattserve::engine::llama::SeqInput;
+use wattserve::engine::{DeviceSpec, Precision};
+
+fn gguf_path() -> PathBuf {
+    common::models_dir().join("smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn load(precision: Precision) -> Option<GenerationModel> {
+    if !gguf_path().is_file() {
+        eprintln!("SKIPPED: SmolLM2 GGUF missing; run models/fetch.sh smollm2 (make test does)");
+        return None;
+    }
+    Some(
+        GenerationModel::load(&GenerationLoadOptions {
+            path: gguf_path(),
+            precision,
+            device: DeviceSpec::Cpu,
+            max_context: None,
+        })
+        .expect("SmolLM2 loads"),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct Greedy {
+    id: String,
+    kind: String,
+    #[serde(default)]
+    messages: Vec<Message>,
+    rendered_prompt: String,
+    prompt_token_ids: Vec<u32>,
+    output_token_ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct Message {
+    role: String,
+    content: String,
+}
+
+fn fixtures() -> Vec<Greedy> {
+    let path = common::fixtures_dir().join("smollm2_greedy.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn chat_template_and_tokenizer_match_llama_cpp() {
+    let Some(m) = load(Precision::Int8) else {
+        return;
+    };
+    for f in fixtures() {
+        if f.kind == "chat" {
+            let messages: Vec<ChatMessage> = f
+                .messages
+                .iter()
+                .map(|m| ChatMessage {
+                    role: m.role.clone(),
+                    content: m.content.clone(),
+                })
+                .collect();
+            assert_eq!(
+                m.render_chat(&messages).unwrap(),
+                f.rendered_prompt,
+                "{}",
+                f.id
+            );
+        }
+        let ids = m.tokenizer().encode(&f.rendered_prompt).unwrap();
+        assert_eq!(ids, f.prompt_token_ids, "{}: prompt token ids", f.id);
+        // Decoding the reference output gives text that encodes back to the same ids.
+        let text = m.tokenizer().decode(&f.output_token_ids, false).unwrap();
+        let back = m.tokenizer().encode(&text).unwrap();
+        assert_eq!(back, f.output_token_ids, "{}: output ids round trip", f.id);
+    }
+}
+
+#[test]
+fn tokenizer_round_trips_text() {
+    let Some(m) = load(Precision::Int8) else {
+        return;
+    };
+    let t = m.tokenizer();
+    for text in [
+        "Hello world",
+        " leading space and  double  spaces ",
+        "Numbers 12345 and 3.14159, dates 2026-11-22",
+        "Unicode: naïve café, 日本語, emoji 🚀🔥, ∑∫√",
+        "code:\n\tfn main() {\n        println!(\"hi\");\n    }\n",
+        "<|im_start|>user\nHi<|im_end|>\n",
+        "",
+    ] {
+        let ids = t.encode(text).unwrap();
+        assert_eq!(t.decode(&ids, false).unwrap(), text, "{ids:?}");
+    }
+    // Digits are split one by one (the smollm pre-tokenizer) and <|im_start|> is one token.
+    let ids = t.encode("<|im_start|>2026").unwrap();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(ids[0], 1);
+}
+
+/// candle-transformers' quantized_llama, the reference implementation of the same arithmetic.
+fn reference_greedy(prompt: &[u32], n: usize) -> Vec<u32> {
+    use candle_core::quantized::gguf_file;
+    use candle_transformers::models::quantized_llama::ModelWeights;
+    let dev = Device::Cpu;
+    let mut file = std::fs::File::open(gguf_path()).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut model = ModelWeights::from_gguf(content, &mut file, &dev).unwrap();
+    let mut out = Vec::with_capacity(n);
+    let input = Tensor::new(prompt, &dev).unwrap().unsqueeze(0).unwrap();
+    let mut logits = model.forward(&input, 0).unwrap();
+    while out.len() < n {
+        let token = argmax(&logits.squeeze(0).unwrap()).unwrap();
+        out.push(token);
+        if token == 2 {
+            break;
+        }
+        let input = Tensor::new(&[token], &dev).unwrap().unsqueeze(0).unwrap();
+        logits = model.forward(&input, prompt.len() + out.len() - 1).unwrap();
+    }
+    out
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+#[test]
+fn greedy_q4_1_reproduces_candle_quantized_llama_and_tracks_llama_cpp() {
+    let Some(m) = load(Precision::Gguf) else {
+        return;
+    };
+    let fixtures = fixtures();
+    let mut report = Vec::new();
+    for (i, f) in fixtures.iter().enumerate() {
+        let ours = m.generate_greedy(&f.prompt_token_ids, 32).unwrap();
+        if i < 5 {
+            let reference = reference_greedy(&f.prompt_token_ids, 32);
+            assert_eq!(ours, reference, "{}: ours vs candle quantized_llama", f.id);
+        }
+        let n = ours.len().min(f.output_token_ids.len());
+        let same = common_prefix(&ours, &f.output_token_ids);
+        report.push(format!("{} {same}/{n}", f.id));
+        // Different arithmetic may drift after a near-tie, never at the start.
+        assert!(
+            same >= 4.min(n),
+            "{}: only {same} tokens agree with llama.cpp",
+            f.id
+        );
+    }
+    eprintln!(
+        "common prefix with llama.cpp (Q4_1, 32 tokens): {}",
+        report.join(", ")
+    );
+}
+
+/// Steps a batch where sequences join at different steps (prompts of different lengths, one of
+/// them prefilled in two chunks) and checks every sequence's greedy tokens equal decoding it alone.
+#[test]
+fn batched_decode_equals_decoding_alone() {
+    let Some(m) = load(Precision::Int8) else {
+        return;
+    };
+    let t = m.tokenizer();
+    let prompts: Vec<Vec<u32>> = [
+        "The capital of France is",
+        "def add(a, b):\n    return",
+        "<|im_start|>user\nName three colors.<|im_end|>\n<|im_start|>assistant\n",
+        "Energy efficiency matters because",
+        "1, 2, 3, 4,",
+    ]
+    .iter()
+    .map(|p| t.encode(p).unwrap())
+    .collect();
+    let new_tokens = 12;
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            let mut out = m.generate_greedy(p, new_tokens).unwrap();
+            out.truncate(new_tokens);
+            out
+        })
+        .collect();
+
+    // Sequence s joins at step join[s]; sequence 2's prompt is prefilled in two chunks.
+    let join = [0usize, 0, 1, 3, 4];
+    let model = m.model();
+    let mut caches: Vec<_> = prompts
+        .iter()
+        .map(|p| model.new_cache(p.len() + 16))
+        .collect();
+    let mut pending: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut generated: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+    let mut prefilled = vec![0usize; prompts.len()];
+    let done = |g: &Vec<u32>| g.len() >= new_tokens || g.last().is_some_and(|&x| t.is_stop(x));
+    let mut step = 0;
+    while !generated.iter().all(done) {
+        let mut members = Vec::new();
+        for s in 0..prompts.len() {
+            if step < join[s] || done(&generated[s]) {
+                continue;
+            }
+            if prefilled[s] < prompts[s].len() {
+                let chunk = if s == 2 && prefilled[s] == 0 {
+                    prompts[s].len() / 2
+                } else {
+                    prompts[s].len() - prefilled[s]
+                };
+                pending[s] = prompts[s][prefilled[s]..prefilled[s] + chunk].to_vec();
+                prefilled[s] += chunk;
+            }
+            members.push(s);
+        }
+        let mut inputs = Vec::new();
+        let mut caches_iter: Vec<Option<&mut _>> = caches.iter_mut().map(Some).collect();
+        for &s in &members {
+            inputs.push(SeqInput {
+                tokens: &pending[s],
+                cache: caches_iter[s].take().unwrap(),
+                logits: prefilled[s] == prompts[s].len(),
+            });
+        }
+        let logits = model.forward(&mut inputs).unwrap();
+        drop(inputs);
+        let mut row = 0;
+        let mut next = Vec::new();
+        for &s in &members {
+            if prefilled[s] == prompts[s].len() {
+                let token = argmax(&logits.get(row).unwrap()).unwrap();
+                row += 1;
+                next.push((s, token));
+            }
+        }
+        for (s, token) in next {
+            generated[s].push(token);
+            pending[s] = vec![token];
+        }
+        step += 1;
+    }
+    for s in 0..prompts.len() {
+        assert_eq!(generated[s], alone[s], "sequence {s}");
+    }
+}
+
+#[test]
+fn precisions_load_and_report_sizes() {
+    let (Some(q4), Some(q8)) = (load(Precision::Gguf), load(Precision::Int8)) else {
+        return;
+    };
+    // Q4_1 stores 20 bytes per 32 weights, Q8_0 34: the requantized model is larger.
+    assert!(q8.model().weight_bytes() > q4.model().weight_bytes());
+    assert_eq!(q8.context_len(), 8192);
+    let cfg = q8.model().config();
+    assert_eq!(
+        (
+            cfg.n_layer,
+            cfg.d_model,
+            cfg.n_head,
+            cfg.n_kv_head,
+            cfg.ffn_dim
+        ),
+        (30, 576, 9, 3, 1536)
+    );
+    let err = GenerationModel::load(&GenerationLoadOptions {
+        path: gguf_path(),
+        precision: Precision::Bf16,
+        device: DeviceSpec::Cpu,
+        max_context: None,
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("gguf (as stored), int8"), "{err}");
+}
+
+/// Stronger than equal tokens: the logits themselves are bit-identical to the reference's, on
+/// the prompt whose continuation has near-ties (0.03 apart at the fifth token).
+#[test]
+fn q4_1_logits_are_bit_identical_to_candle_quantized_llama() {
+    use candle_core::quantized::gguf_file;
+    use candle_transformers::models::quantized_llama::ModelWeights;
+    let Some(m) = load(Precision::Gguf) else {
+        return;
+    };
+    let f = &fixtures()[1];
+    let dev = Device::Cpu;
+    let mut file = std::fs::File::open(gguf_path()).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut reference = ModelWeights::from_gguf(content, &mut file, &dev).unwrap();
+    let mut cache = m.model().new_cache(64);
+    let mut next = f.prompt_token_ids.clone();
+    let mut pos = 0;
+    for step in 0..6 {
+        let ours = m
+            .model()
+            .forward(&mut [SeqInput {
+                tokens: &next,
+                cache: &mut cache,
+                logits: true,
+            }])
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let input = Tensor::new(next.as_slice(), &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let theirs = reference
+            .forward(&input, pos)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        pos += next.len();
+        assert_eq!(common::max_abs_diff(&ours, &theirs), 0.0, "step {step}");
+        next = vec![f.output_token_ids[step]];
+    }
+}
