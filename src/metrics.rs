@@ -212,7 +212,7 @@ pub fn record_request(model: &str, endpoint: &'static str, status: u16, d: Durat
         .record(d.as_secs_f64());
 }
 
-/// Counts processed tokens of a kind (`prompt`, later `completion`).
+/// Counts processed tokens of a kind (`prompt`, `completion`).
 pub fn record_tokens(model: &str, kind: &'static str, n: usize) {
     counter!(TOKENS, "model" => model.to_string(), "kind" => kind).increment(n as u64);
 }

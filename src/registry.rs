@@ -8,8 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::collections::HashMap;
 
-use crate::batch::EmbeddingScheduler;
+use crate::batch::{EmbeddingScheduler, GenerationLimits, GenerationScheduler};
 use crate::config::Config;
+use crate::engine::generation_model::GenerationModel;
 use crate::engine::{DeviceSpec, EmbeddingModel, EmbeddingTokenizer, EngineError, Precision};
 use crate::meter::pricing::Pricing;
 use crate::meter::source::SourceError;
@@ -28,7 +29,7 @@ pub struct LoadError {
     pub source: Box<EngineError>,
 }
 
-/// One served embedding model.
+/// One served model.
 pub struct ServedModel {
     /// The OpenAI `model` name.
     pub name: String,
@@ -36,12 +37,8 @@ pub struct ServedModel {
     pub precision: Precision,
     /// Device it runs on.
     pub device: DeviceSpec,
-    /// Embedding width.
-    pub dimensions: usize,
-    /// Tokenizer for request validation (runs on the blocking pool).
-    pub tokenizer: EmbeddingTokenizer,
-    /// The compute queue.
-    pub scheduler: EmbeddingScheduler,
+    /// What it does, with what its endpoints need.
+    pub kind: ModelKind,
     /// Unix time the model became ready (`created` in /v1/models).
     pub created: u64,
     /// How long loading took.
@@ -50,6 +47,66 @@ pub struct ServedModel {
     pub meter: Option<Arc<Meter>>,
     /// Bytes of weights held in the served precision.
     pub weight_bytes: usize,
+}
+
+/// What a served model does.
+pub enum ModelKind {
+    /// An encoder behind `/v1/embeddings`.
+    Embedding(EmbeddingServing),
+    /// A decoder behind `/v1/chat/completions` and `/v1/completions`.
+    Generation(GenerationServing),
+}
+
+/// What `/v1/embeddings` needs of a model.
+pub struct EmbeddingServing {
+    /// Embedding width.
+    pub dimensions: usize,
+    /// Tokenizer for request validation (runs on the blocking pool).
+    pub tokenizer: EmbeddingTokenizer,
+    /// The compute queue.
+    pub scheduler: EmbeddingScheduler,
+}
+
+/// What the completion endpoints need of a model.
+pub struct GenerationServing {
+    /// Tokenizer, chat template and limits (the decoder itself runs on the scheduler's thread).
+    pub engine: Arc<GenerationModel>,
+    /// The continuous-batching loop.
+    pub scheduler: GenerationScheduler,
+}
+
+impl ServedModel {
+    /// The embedding side, when this is an embedding model.
+    pub fn embedding(&self) -> Option<&EmbeddingServing> {
+        match &self.kind {
+            ModelKind::Embedding(e) => Some(e),
+            ModelKind::Generation(_) => None,
+        }
+    }
+
+    /// The generation side, when this is a generation model.
+    pub fn generation(&self) -> Option<&GenerationServing> {
+        match &self.kind {
+            ModelKind::Generation(g) => Some(g),
+            ModelKind::Embedding(_) => None,
+        }
+    }
+
+    /// `embedding` or `generation` (in `/v1/models`).
+    pub fn task(&self) -> &'static str {
+        match &self.kind {
+            ModelKind::Embedding(_) => "embedding",
+            ModelKind::Generation(_) => "generation",
+        }
+    }
+
+    /// Most tokens one input may have: an embedding input, or a prompt plus its completion.
+    pub fn max_input_tokens(&self) -> usize {
+        match &self.kind {
+            ModelKind::Embedding(e) => e.tokenizer.max_tokens(),
+            ModelKind::Generation(g) => g.engine.context_len(),
+        }
+    }
 }
 
 /// All served models by name.
@@ -130,19 +187,52 @@ fn meter_for(
 fn load_one(entry: &ModelEntry, meter: Option<Arc<Meter>>) -> Result<ServedModel, EngineError> {
     let spec = &entry.spec;
     let start = Instant::now();
-    match (spec.task, spec.format) {
-        (Task::Embedding, WeightFormat::Safetensors) => {}
+    let (kind, weight_bytes) = match (spec.task, spec.format) {
+        (Task::Embedding, WeightFormat::Safetensors) => load_embedding(entry, &meter)?,
         (Task::Embedding, WeightFormat::Gguf) => {
             return Err(EngineError::Unsupported(
                 "format = \"gguf\" is not supported for embedding models (use safetensors)".into(),
             ))
         }
-        (Task::Generation, _) => {
+        (Task::Generation, WeightFormat::Gguf) => load_generation(entry, &meter)?,
+        (Task::Generation, WeightFormat::Safetensors) => {
             return Err(EngineError::Unsupported(
-                "task = \"generation\" is not supported by this version of wattserve yet".into(),
+                "generation models load from GGUF (format = \"gguf\")".into(),
             ))
         }
-    }
+    };
+    let load_time = start.elapsed();
+    let served = ServedModel {
+        name: spec.name.clone(),
+        precision: spec.precision,
+        device: spec.device,
+        kind,
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        load_time,
+        meter,
+        weight_bytes,
+    };
+    tracing::info!(
+        model = %spec.name,
+        task = served.task(),
+        precision = %spec.precision,
+        device = %spec.device,
+        max_tokens = served.max_input_tokens(),
+        load_ms = load_time.as_millis() as u64,
+        weights_mib = format!("{:.1}", weight_bytes as f64 / (1024.0 * 1024.0)),
+        "model loaded"
+    );
+    Ok(served)
+}
+
+fn load_embedding(
+    entry: &ModelEntry,
+    meter: &Option<Arc<Meter>>,
+) -> Result<(ModelKind, usize), EngineError> {
+    let spec = &entry.spec;
     if !entry.weights.is_dir() {
         return Err(EngineError::Config {
             path: entry.weights.clone(),
@@ -161,30 +251,33 @@ fn load_one(entry: &ModelEntry, meter: Option<Arc<Meter>>) -> Result<ServedModel
                 path: entry.file.clone(),
                 source,
             })?;
-    let load_time = start.elapsed();
-    tracing::info!(
-        model = %spec.name,
-        precision = %spec.precision,
-        device = %spec.device,
-        dimensions,
-        max_tokens = tokenizer.max_tokens(),
-        load_ms = load_time.as_millis() as u64,
-        weights_mib = format!("{:.1}", weight_bytes as f64 / (1024.0 * 1024.0)),
-        "model loaded"
-    );
-    Ok(ServedModel {
-        name: spec.name.clone(),
-        precision: spec.precision,
-        device: spec.device,
+    let serving = EmbeddingServing {
         dimensions,
         tokenizer,
         scheduler,
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        load_time,
-        meter,
+    };
+    Ok((ModelKind::Embedding(serving), weight_bytes))
+}
+
+fn load_generation(
+    entry: &ModelEntry,
+    meter: &Option<Arc<Meter>>,
+) -> Result<(ModelKind, usize), EngineError> {
+    let spec = &entry.spec;
+    let engine = Arc::new(GenerationModel::load(&entry.generation_load_options())?);
+    let weight_bytes = engine.model().weight_bytes();
+    let limits = GenerationLimits {
+        max_running_seqs: spec.batching.max_batch_size,
+        max_batch_tokens: spec.batching.max_batch_tokens,
+        queue_capacity: spec.batching.queue_capacity,
+    };
+    let scheduler = GenerationScheduler::start(&spec.name, engine.clone(), limits, meter.clone())
+        .map_err(|source| EngineError::Io {
+        path: entry.file.clone(),
+        source,
+    })?;
+    Ok((
+        ModelKind::Generation(GenerationServing { engine, scheduler }),
         weight_bytes,
-    })
+    ))
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{parse_toml, ConfigError};
 use crate::engine::embedding_model::EmbeddingLoadOptions;
+use crate::engine::generation_model::GenerationLoadOptions;
 use crate::engine::pooling::PoolingMode;
 use crate::engine::{DeviceSpec, Precision};
 
@@ -68,7 +69,7 @@ pub struct ModelSpec {
     /// Weights folder (or file), relative to the model folder or absolute. Default `weights`.
     #[serde(default = "default_weights_path")]
     pub path: PathBuf,
-    /// f32 | f16 | bf16 | int8. Default f32.
+    /// f32 | f16 | bf16 | int8 (encoders); gguf | int8 | f32 (GGUF decoders). Default f32.
     #[serde(default)]
     pub precision: Precision,
     /// cpu | cuda | cuda:N. Default cpu.
@@ -80,7 +81,8 @@ pub struct ModelSpec {
     /// Embeddings: L2-normalize; default from the sentence-transformers files.
     #[serde(default)]
     pub normalize: Option<bool>,
-    /// Token limit per input; default from the model's own files.
+    /// Token limit per input (embeddings) or per sequence, prompt plus completion (generation);
+    /// default from the model's own files.
     #[serde(default)]
     pub max_tokens: Option<usize>,
     /// Scheduler settings.
@@ -116,6 +118,16 @@ impl ModelEntry {
             pooling: self.spec.pooling,
             normalize: self.spec.normalize,
             max_tokens: self.spec.max_tokens,
+        }
+    }
+
+    /// The engine's load options for this generation model (`max_tokens` caps the context).
+    pub fn generation_load_options(&self) -> GenerationLoadOptions {
+        GenerationLoadOptions {
+            path: self.weights.clone(),
+            precision: self.spec.precision,
+            device: self.spec.device,
+            max_context: self.spec.max_tokens,
         }
     }
 }

@@ -1,6 +1,5 @@
 //! `POST /v1/embeddings`, OpenAI-compatible.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -11,8 +10,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::json::JsonBody;
+use super::usage::{set_energy_headers, settle_energy, UsageEnergy};
 use super::{ApiError, AppState};
-use crate::batch::{EmbedOutput, SchedulerError};
+use crate::batch::{EmbedOutput, EmbeddingScheduler};
 use crate::engine::{EmbeddingTokenizer, TokenizeError};
 use crate::registry::ServedModel;
 
@@ -65,25 +65,6 @@ pub struct Usage {
     /// Energy, CO2e and cost (absent when metering is off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub energy: Option<UsageEnergy>,
-}
-
-/// `usage.energy`: the same numbers as the metering headers.
-#[derive(Debug, Clone, Serialize)]
-pub struct UsageEnergy {
-    /// Joules attributed to this request.
-    pub joules: f64,
-    /// How they were measured: `nvml-counter`, `nvml-power`, `rapl` or `estimate`.
-    pub source: &'static str,
-    /// Average device power over the batches that served it.
-    pub avg_watts: f64,
-    /// Grams of CO2e (SCI).
-    pub co2e_grams: f64,
-    /// US dollars.
-    pub cost_usd: f64,
-    /// Grid intensity used, gCO2e/kWh.
-    pub carbon_intensity_g_per_kwh: f64,
-    /// Zone the intensity came from (`custom` when set explicitly).
-    pub zone: String,
 }
 
 /// The response body.
@@ -140,6 +121,16 @@ async fn serve(
         .get(&req.model)
         .ok_or_else(|| ApiError::model_not_found(&req.model, &registry.names()))?
         .clone();
+    let emb = model.embedding().ok_or_else(|| {
+        ApiError::bad_request(
+            "wrong_endpoint",
+            format!(
+                "Model `{}` is a generation model; use /v1/chat/completions or /v1/completions",
+                model.name
+            ),
+        )
+        .with_param("model")
+    })?;
     let encoding = match req.encoding_format.as_deref() {
         None | Some("float") => Encoding::Float,
         Some("base64") => Encoding::Base64,
@@ -152,12 +143,12 @@ async fn serve(
         }
     };
     if let Some(d) = req.dimensions {
-        if d != model.dimensions {
+        if d != emb.dimensions {
             return Err(ApiError::bad_request(
                 "invalid_dimensions",
                 format!(
                     "Model `{}` produces {} dimensions; `dimensions` must be omitted or equal to it",
-                    model.name, model.dimensions
+                    model.name, emb.dimensions
                 ),
             )
             .with_param("dimensions"));
@@ -165,7 +156,7 @@ async fn serve(
     }
     let texts = parse_input(req.input, state.limits().max_inputs_per_request)?;
 
-    let tokenizer = model.tokenizer.clone();
+    let tokenizer = emb.tokenizer.clone();
     let truncate = req.truncate;
     let ids = tokio::task::spawn_blocking(move || tokenize_all(&tokenizer, &texts, truncate))
         .await
@@ -173,26 +164,8 @@ async fn serve(
     let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
     crate::metrics::record_tokens(&model.name, "prompt", prompt_tokens);
 
-    let output = run(&model, ids).await?;
-    let energy = match &model.meter {
-        Some(meter) => {
-            let a = crate::meter::settle(&output.energy).await.ok_or_else(|| {
-                ApiError::internal("the energy meter stopped before settling this request")
-            })?;
-            let p = meter.pricing();
-            crate::metrics::record_request_energy(&model.name, a.joules);
-            Some(UsageEnergy {
-                joules: a.joules,
-                source: meter.method(),
-                avg_watts: a.avg_watts,
-                co2e_grams: p.co2e_grams(a.joules, a.device_seconds),
-                cost_usd: p.cost_usd(a.joules, a.device_seconds),
-                carbon_intensity_g_per_kwh: p.intensity_g_per_kwh,
-                zone: p.zone.clone(),
-            })
-        }
-        None => None,
-    };
+    let output = run(&emb.scheduler, ids).await?;
+    let energy = settle_energy(&model, &output.energy).await?;
     let data = output
         .embeddings
         .iter()
@@ -224,25 +197,11 @@ async fn serve(
     Ok(resp)
 }
 
-async fn run(model: &Arc<ServedModel>, ids: Vec<Vec<u32>>) -> Result<EmbedOutput, ApiError> {
-    let rx = model.scheduler.submit(ids).map_err(scheduler_error)?;
+async fn run(scheduler: &EmbeddingScheduler, ids: Vec<Vec<u32>>) -> Result<EmbedOutput, ApiError> {
+    let rx = scheduler.submit(ids).map_err(ApiError::from)?;
     rx.await
         .map_err(|_| ApiError::internal("the compute thread stopped before answering"))?
-        .map_err(scheduler_error)
-}
-
-fn scheduler_error(e: SchedulerError) -> ApiError {
-    match e {
-        SchedulerError::QueueFull { .. } => ApiError::unavailable(
-            "queue_full",
-            format!("{e}; retry later (batching.queue_capacity)"),
-            1,
-        ),
-        SchedulerError::Stopped(_) => ApiError::unavailable("shutting_down", e.to_string(), 1),
-        SchedulerError::Engine(_) | SchedulerError::Panicked(_) => {
-            ApiError::internal(e.to_string())
-        }
-    }
+        .map_err(ApiError::from)
 }
 
 /// Turns `input` into texts, with an error naming the element at fault.
@@ -361,26 +320,6 @@ fn set_serving_headers(h: &mut HeaderMap, model: &ServedModel, out: &EmbedOutput
             ms(total)
         ),
     );
-}
-
-/// The metering contract's headers. `{}` prints an f64 as the shortest text that parses back to
-/// the same number, so summing headers reproduces the metric totals up to addition order.
-fn set_energy_headers(h: &mut HeaderMap, e: &UsageEnergy) {
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(HeaderName::from_static(name), v);
-        }
-    };
-    put("x-energy-joules", format!("{}", e.joules));
-    put("x-energy-source", e.source.to_string());
-    put("x-power-watts", format!("{:.3}", e.avg_watts));
-    put("x-co2e-grams", format!("{}", e.co2e_grams));
-    put(
-        "x-carbon-intensity",
-        format!("{}", e.carbon_intensity_g_per_kwh),
-    );
-    put("x-carbon-zone", e.zone.clone());
-    put("x-cost-usd", format!("{}", e.cost_usd));
 }
 
 #[cfg(test)]

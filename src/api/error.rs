@@ -146,6 +146,24 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::batch::SchedulerError> for ApiError {
+    /// Full queue or shutdown: 503 with Retry-After; engine failure or panic: 500.
+    fn from(e: crate::batch::SchedulerError) -> Self {
+        use crate::batch::SchedulerError;
+        match e {
+            SchedulerError::QueueFull { .. } => ApiError::unavailable(
+                "queue_full",
+                format!("{e}; retry later (batching.queue_capacity)"),
+                1,
+            ),
+            SchedulerError::Stopped(_) => ApiError::unavailable("shutting_down", e.to_string(), 1),
+            SchedulerError::Engine(_) | SchedulerError::Panicked(_) => {
+                ApiError::internal(e.to_string())
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

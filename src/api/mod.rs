@@ -3,11 +3,13 @@
 //! `api` knows nothing of tensors: it validates and tokenizes requests, hands token ids to a
 //! model's scheduler and turns what comes back into OpenAI-shaped JSON.
 
+pub mod completions;
 pub mod embeddings;
 pub mod error;
 pub mod json;
 pub mod meta;
 pub mod request_id;
+pub mod usage;
 
 use std::sync::{Arc, OnceLock};
 
@@ -67,6 +69,8 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.limits().max_body_bytes;
     Router::new()
         .route("/v1/embeddings", post(embeddings::create))
+        .route("/v1/chat/completions", post(completions::chat))
+        .route("/v1/completions", post(completions::completions))
         .route("/v1/models", get(meta::list_models))
         .route("/v1/models/{*id}", get(meta::get_model))
         .route("/health", get(meta::health))

@@ -1,0 +1,338 @@
+//! `/v1/chat/completions` and `/v1/completions` over real HTTP with the real SmolLM2 GGUF:
+//! greedy output equals the engine's, streams equal non-streams, stop strings, usage and energy,
+//! errors, and a client that disconnects cancels its sequence.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use wattserve::engine::generation_model::{GenerationLoadOptions, GenerationModel};
+use wattserve::engine::{DeviceSpec, Precision};
+
+fn available() -> bool {
+    let ok = common::models_dir()
+        .join("smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .is_file()
+        && common::minilm_available();
+    if !ok {
+        eprintln!("SKIPPED: models missing; run models/fetch.sh (make test does)");
+    }
+    ok
+}
+
+async fn server() -> common::TestServer {
+    common::TestServer::start(|c| {
+        c.server.models = vec!["smollm2".into(), "minilm".into()];
+    })
+    .await
+}
+
+async fn post(
+    s: &common::TestServer,
+    path: &str,
+    body: Value,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let resp = reqwest::Client::new()
+        .post(s.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, v)
+}
+
+/// Reads an SSE body to the end: the JSON of every `data:` line, and whether `[DONE]` came last.
+fn sse_events(body: &str) -> (Vec<Value>, bool) {
+    let data: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    let done = data.last() == Some(&"[DONE]");
+    let events = data
+        .iter()
+        .filter(|d| **d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    (events, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_greedy_matches_the_engine_and_streams_the_same_text() {
+    if !available() {
+        return;
+    }
+    let s = server().await;
+    let messages = json!([{"role": "user", "content": "What is a GPU?"}]);
+    let (status, headers, v) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "smollm2", "messages": messages, "temperature": 0, "max_tokens": 24}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 24);
+    let prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(
+        v["usage"]["total_tokens"].as_u64().unwrap(),
+        prompt_tokens + 24
+    );
+    // Energy: headers and usage.energy agree.
+    let joules: f64 = headers["x-energy-joules"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(joules > 0.0);
+    assert!(
+        (v["usage"]["energy"]["joules"].as_f64().unwrap() - joules).abs() < 1e-9 * joules.max(1.0)
+    );
+    assert_eq!(headers["x-precision"], "int8");
+
+    // The engine alone, greedy, on the same rendered prompt gives the same text.
+    let engine = GenerationModel::load(&GenerationLoadOptions {
+        path: common::models_dir().join("smollm2/weights"),
+        precision: Precision::Int8,
+        device: DeviceSpec::Cpu,
+        max_context: None,
+    })
+    .unwrap();
+    let prompt = engine
+        .render_chat(&[wattserve::engine::chat_template::ChatMessage {
+            role: "user".into(),
+            content: "What is a GPU?".into(),
+        }])
+        .unwrap();
+    let ids = engine.tokenizer().encode(&prompt).unwrap();
+    assert_eq!(ids.len() as u64, prompt_tokens);
+    let out = engine.generate_greedy(&ids, 24).unwrap();
+    assert_eq!(engine.tokenizer().decode(&out, true).unwrap(), text);
+
+    // Streamed: the deltas add up to the same text; a usage chunk with energy; then [DONE].
+    let resp = reqwest::Client::new()
+        .post(s.url("/v1/chat/completions"))
+        .json(
+            &json!({"model": "smollm2", "messages": messages, "temperature": 0, "max_tokens": 24,
+                      "stream": true, "stream_options": {"include_usage": true}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let (events, done) = sse_events(&resp.text().await.unwrap());
+    assert!(done, "stream must end with [DONE]");
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| {
+            e["choices"].get(0)?["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(streamed, text);
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let finish: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e["choices"].get(0).map(|c| &c["finish_reason"]))
+        .filter(|f| !f.is_null())
+        .collect();
+    assert_eq!(finish, vec!["length"]);
+    let usage = &events.last().unwrap()["usage"];
+    assert_eq!(usage["completion_tokens"], 24);
+    assert!(usage["energy"]["joules"].as_f64().unwrap() > 0.0);
+    assert_eq!(usage["energy"]["source"], "estimate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_stop_strings_seeds_and_errors() {
+    if !available() {
+        return;
+    }
+    let s = server().await;
+    let (status, _, v) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "smollm2", "prompt": "1, 2, 3, 4,", "temperature": 0, "max_tokens": 30, "stop": [" 8"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], " 5, 6, 7,");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+    // Sampling with a seed is reproducible.
+    let sampled = |seed: u64| {
+        json!({"model": "smollm2", "prompt": "Once upon a time", "temperature": 1.0, "top_p": 0.9,
+               "top_k": 40, "seed": seed, "max_tokens": 12})
+    };
+    let (_, _, a) = post(&s, "/v1/completions", sampled(7)).await;
+    let (_, _, b) = post(&s, "/v1/completions", sampled(7)).await;
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+
+    for (body, param, code) in [
+        (
+            json!({"model": "smollm2", "prompt": "x", "temperature": 2.5}),
+            "temperature",
+            "invalid_value",
+        ),
+        (
+            json!({"model": "smollm2", "prompt": "x", "top_p": 0}),
+            "top_p",
+            "invalid_value",
+        ),
+        (
+            json!({"model": "smollm2", "prompt": "x", "n": 2}),
+            "n",
+            "invalid_value",
+        ),
+        (
+            json!({"model": "smollm2", "prompt": "x", "max_tokens": 9000}),
+            "max_tokens",
+            "context_length_exceeded",
+        ),
+        (
+            json!({"model": "smollm2", "prompt": ["a", "b"]}),
+            "prompt",
+            "invalid_prompt",
+        ),
+        (
+            json!({"model": "minilm", "prompt": "x"}),
+            "model",
+            "wrong_endpoint",
+        ),
+    ] {
+        let (status, _, v) = post(&s, "/v1/completions", body.clone()).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert_eq!(v["error"]["param"], param, "{body}: {v}");
+        assert_eq!(v["error"]["code"], code, "{body}: {v}");
+    }
+    let (status, _, v) = post(
+        &s,
+        "/v1/embeddings",
+        json!({"model": "smollm2", "input": "x"}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("wrong_endpoint"))
+    );
+    let (status, _, v) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "smollm2", "messages": []}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["param"].as_str()),
+        (400, Some("messages"))
+    );
+    let (status, _, v) = post(
+        &s,
+        "/v1/chat/completions",
+        json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 404, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_longer_than_the_context_is_rejected_naming_the_limit() {
+    if !available() {
+        return;
+    }
+    let s = common::TestServer::start_with(
+        |c| c.server.models = vec!["smollm2".into()],
+        |entries| entries[0].spec.max_tokens = Some(32),
+    )
+    .await;
+    let long = "word ".repeat(40);
+    let (status, _, v) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "smollm2", "prompt": long}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length is 32 tokens"),
+        "{v}"
+    );
+    // Without max_tokens the completion stops at the context length.
+    let (status, _, v) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "smollm2", "prompt": "Count: 1, 2, 3", "temperature": 0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["usage"]["total_tokens"], 32);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_stops_its_generation() {
+    if !available() {
+        return;
+    }
+    let s = server().await;
+    let completion_tokens =
+        |text: &str| common::metric_sum(text, "wattserve_tokens_total", "kind=\"completion\"");
+    let metrics = || async {
+        reqwest::get(s.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let mut resp = reqwest::Client::new()
+        .post(s.url("/v1/completions"))
+        .json(
+            &json!({"model": "smollm2", "prompt": "Tell a long story:", "max_tokens": 4000,
+                      "temperature": 0, "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    // Read a few chunks, then hang up.
+    for _ in 0..3 {
+        resp.chunk().await.unwrap().unwrap();
+    }
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = completion_tokens(&metrics().await);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = completion_tokens(&metrics().await);
+    assert_eq!(before, after, "generation went on after the client left");
+    assert!(
+        before < 200.0,
+        "{before} tokens generated for a client that left"
+    );
+    // The model still serves.
+    let (status, _, _) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 2}),
+    )
+    .await;
+    assert_eq!(status, 200);
+}
