@@ -2,15 +2,15 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: serve test models build release fmt clean check-cuda
+.PHONY: serve test models openai-client build release fmt clean check-cuda
 
 ## Fetch the default models if missing, build release, serve on :8080 (pass more flags with ARGS=...).
 serve: models
 	$(CARGO) build --release --locked
 	./target/release/wattserve serve --port 8080 $(ARGS)
 
-## Fetch models, then format check, clippy and all tests (what CI runs).
-test: models
+## Fetch models and the openai test client, then format check, clippy and all tests (what CI runs).
+test: models openai-client
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) test --locked --workspace
@@ -29,6 +29,10 @@ check-cuda:
 	  CUDA_HOME="$$home" CUDA_ROOT="$$home" PATH="$$home/bin:$$PATH" \
 	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR=$(CURDIR)/target/cuda \
 	  $(CARGO) clippy --locked --workspace --all-targets --features cuda -- -D warnings
+
+## The official openai Python client in target/openai-venv, for tests/openai_client.rs (idempotent).
+openai-client:
+	./tests/openai/setup.sh
 
 build:
 	$(CARGO) build --locked

@@ -8,6 +8,7 @@
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod gemm;
+pub mod q8_0;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 mod x86;

@@ -74,6 +74,9 @@ pub struct GenerationFields {
     /// OpenAI's end-user id; accepted and ignored.
     #[serde(default)]
     pub user: Option<String>,
+    /// Keep generating past stop tokens until `max_tokens` (vLLM's extension, for benchmarks).
+    #[serde(default)]
+    pub ignore_eos: bool,
 }
 
 /// `stream_options`.
@@ -152,6 +155,7 @@ struct Plan {
     stop: Vec<String>,
     stream: bool,
     include_usage: bool,
+    ignore_eos: bool,
 }
 
 /// `POST /v1/chat/completions`.
@@ -392,6 +396,7 @@ fn parse_fields(f: GenerationFields) -> Result<Plan, ApiError> {
         stop,
         stream: f.stream.unwrap_or(false),
         include_usage: f.stream_options.is_some_and(|o| o.include_usage),
+        ignore_eos: f.ignore_eos,
     })
 }
 
@@ -520,6 +525,7 @@ fn submit(
         prompt,
         sampling: plan.sampling,
         stop: plan.stop.clone(),
+        ignore_eos: plan.ignore_eos,
         events: tx,
     };
     gen.scheduler.submit(job)?;

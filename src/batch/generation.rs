@@ -46,6 +46,8 @@ pub struct GenerationJob {
     pub sampling: SamplingParams,
     /// Strings that end the completion (not included in it).
     pub stop: Vec<String>,
+    /// Generate past stop tokens until `max_new_tokens` (benchmarks).
+    pub ignore_eos: bool,
     /// Where the events go; dropping the receiver cancels the sequence.
     pub events: UnboundedSender<GenEvent>,
 }
@@ -413,7 +415,7 @@ impl StepLoop {
             s.generated += 1;
             s.next = Some(token);
             s.first_token.get_or_insert_with(|| s.submitted.elapsed());
-            let reason = if tokenizer.is_stop(token) {
+            let reason = if !s.job.ignore_eos && tokenizer.is_stop(token) {
                 Some(FinishReason::Stop)
             } else {
                 match s.text.push(tokenizer, token) {

@@ -7,6 +7,7 @@
 //! `--unbatched-baseline` serves each model a second time with `max_batch_size = 1` so that
 //! batching on and off are compared in one run; `--offline-ceiling` times the engine alone.
 
+pub mod generation;
 pub mod inputs;
 pub mod load;
 pub mod procfs;
@@ -90,6 +91,10 @@ pub struct BenchArgs {
     /// Inputs per request.
     #[arg(long, default_value_t = 1)]
     pub inputs_per_request: usize,
+    /// Generation models: tokens per completion (every completion is exactly this long:
+    /// `ignore_eos`). Levels default to 1,4,16 concurrent streams.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
     /// Seed of the generator and of open-loop arrivals.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -191,7 +196,13 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         .timeout(Duration::from_secs(300))
         .build()
         .map_err(|e| BenchError::Target(format!("HTTP client: {e}")))?;
-    let served = wait_ready(&client, &base).await?;
+    let served_tasks = wait_ready(&client, &base).await?;
+    let served: Vec<String> = served_tasks.iter().map(|(n, _)| n.clone()).collect();
+    let is_generation = |m: &str| {
+        served_tasks
+            .iter()
+            .any(|(n, t)| n == m && t == "generation")
+    };
 
     let mut models: Vec<String> = if args.url.is_some() {
         if args.target_models.is_empty() {
@@ -223,7 +234,48 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         None => Stop::Duration(Duration::from_secs_f64(args.duration.max(0.1))),
     };
     let mut levels = Vec::new();
+    let mut gen_levels = Vec::new();
+    let prompts: Arc<Vec<String>> = Arc::new(match &args.inputs {
+        Some(_) => inputs.iter().take(64).cloned().collect(),
+        None => generation::DEFAULT_PROMPTS
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
+    });
     for model in &models {
+        if is_generation(model) {
+            if args.rate.is_some() {
+                return Err(BenchError::Usage(format!(
+                    "`{model}` is a generation model: --rate (open loop) is for embedding models; use --concurrency"
+                )));
+            }
+            // Warm-up: one short completion (loads caches, JITs nothing, but pages in weights).
+            let _ = generation::run_level(&client, &base, model, 1, Stop::Requests(1), 8, &prompts)
+                .await;
+            let streams: &[usize] = if args.concurrency.is_empty() {
+                &[1, 4, 16]
+            } else {
+                &args.concurrency
+            };
+            for &n in streams {
+                let row = generation::run_level(
+                    &client,
+                    &base,
+                    model,
+                    n,
+                    stop,
+                    args.max_tokens,
+                    &prompts,
+                )
+                .await;
+                eprintln!(
+                    "{:<22} {:>3} streams: {:.1} tok/s, TTFT p50 {:.0} ms, ITL p50 {:.1} ms, {} requests",
+                    row.model, n, row.tokens_per_s, row.ttft_p50_ms, row.itl_p50_ms, row.requests
+                );
+                gen_levels.push(row);
+            }
+            continue;
+        }
         let target = Target {
             client: client.clone(),
             url: format!("{base}/v1/embeddings"),
@@ -288,14 +340,19 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         }
     }
 
-    let accuracy = if models.len() > 1 {
-        compare_outputs(&client, &base, &models, &inputs).await?
+    let embedding_models: Vec<String> = models
+        .iter()
+        .filter(|m| !is_generation(m))
+        .cloned()
+        .collect();
+    let accuracy = if embedding_models.len() > 1 {
+        compare_outputs(&client, &base, &embedding_models, &inputs).await?
     } else {
         Vec::new()
     };
     let mut ceilings = Vec::new();
     if args.offline_ceiling {
-        for e in &entries {
+        for e in entries.iter().filter(|e| !is_generation(&e.spec.name)) {
             ceilings.push(offline_ceiling(e, &inputs, args.duration.clamp(1.0, 30.0)).await?);
         }
     }
@@ -313,6 +370,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         ceilings,
         accuracy,
         levels,
+        generation: gen_levels,
     })
 }
 
@@ -383,8 +441,11 @@ async fn compare_outputs(
         .collect())
 }
 
-/// Polls `/ready`, then returns the served model names from `/v1/models`.
-async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<Vec<String>, BenchError> {
+/// Polls `/ready`, then returns the served models' names and tasks from `/v1/models`.
+async fn wait_ready(
+    client: &reqwest::Client,
+    base: &str,
+) -> Result<Vec<(String, String)>, BenchError> {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         if let Ok(r) = client.get(format!("{base}/ready")).send().await {
@@ -411,7 +472,11 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<Vec<String>,
         .as_array()
         .map(|a| {
             a.iter()
-                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .filter_map(|m| {
+                    let id = m["id"].as_str()?.to_string();
+                    let task = m["task"].as_str().unwrap_or("embedding").to_string();
+                    Some((id, task))
+                })
                 .collect()
         })
         .unwrap_or_default())

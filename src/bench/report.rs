@@ -231,6 +231,8 @@ pub struct BenchReport {
     pub accuracy: Vec<AccuracyReport>,
     /// One row per model and load level.
     pub levels: Vec<LevelReport>,
+    /// Generation models: one row per model and number of concurrent streams.
+    pub generation: Vec<super::generation::GenLevelReport>,
 }
 
 /// Renders the report as a plain-text table.
@@ -319,6 +321,41 @@ pub fn table(r: &BenchReport) -> String {
             c.inputs_per_cpu_s.map_or("-".into(), |v| format!("{v:.1}")),
             c.batches
         ));
+    }
+    if !r.generation.is_empty() {
+        out.push_str(&format!(
+            "{:<22} {:>7} {:>8} {:>9} {:>10} {:>10} {:>9} {:>9} {:>12} {:>9}  {}\n",
+            "generation model",
+            "streams",
+            "requests",
+            "tok/s",
+            "TTFT p50",
+            "TTFT p99",
+            "ITL p50",
+            "ITL p99",
+            "tok/s/stream",
+            "J/token",
+            "errors"
+        ));
+        for g in &r.generation {
+            out.push_str(&format!(
+                "{:<22} {:>7} {:>8} {:>9.1} {:>8.1}ms {:>8.1}ms {:>7.2}ms {:>7.2}ms {:>12.1} {:>9}  {}\n",
+                g.model,
+                g.streams,
+                g.requests,
+                g.tokens_per_s,
+                g.ttft_p50_ms,
+                g.ttft_p99_ms,
+                g.itl_p50_ms,
+                g.itl_p99_ms,
+                g.decode_tokens_per_s_per_stream,
+                g.joules_per_token.map_or("-".into(), |j| format!("{j:.4}")),
+                if g.errors == 0 { "-".to_string() } else { g.errors.to_string() }
+            ));
+        }
+        if let Some(src) = r.generation.iter().find_map(|g| g.energy_source.clone()) {
+            out.push_str(&format!("energy source: {src}; every completion is exactly --max-tokens long (ignore_eos)\n"));
+        }
     }
     out
 }

@@ -11,6 +11,9 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use rayon::prelude::*;
 
+use wattserve_kernels::default_threads;
+use wattserve_kernels::q8_0::{matmul_q8_0, Q8Path, Q8_0Weights};
+
 use super::gguf::GgufFile;
 use super::{EngineError, Precision};
 
@@ -163,14 +166,13 @@ pub struct SeqInput<'a> {
 
 struct Block {
     attn_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
+    /// Q, K and V: one projection whose outputs are split when the weights allow it.
+    qkv: Vec<Projection>,
+    wo: Projection,
     ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    /// Gate and up: one projection when the weights allow it.
+    gate_up: Vec<Projection>,
+    down: Projection,
 }
 
 /// The decoder's weights, RoPE tables and configuration. Immutable after load: all state of a
@@ -181,7 +183,7 @@ pub struct Llama {
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    output: QMatMul,
+    output: Projection,
     /// `cos`, `sin` of position × frequency, `context_len × rope_dim / 2` each.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
@@ -250,19 +252,16 @@ impl Llama {
         for i in 0..cfg.n_layer {
             let attn_norm = norm_vec(file, &format!("blk.{i}.attn_norm.weight"), &mut bytes)?;
             let ffn_norm = norm_vec(file, &format!("blk.{i}.ffn_norm.weight"), &mut bytes)?;
-            let mut w = |part: &str| -> Result<QMatMul, EngineError> {
+            let mut w = |part: &str| -> Result<Projection, EngineError> {
                 let t = file.tensor(&format!("blk.{i}.{part}.weight"), device)?;
                 matmul_weight(t, precision, &mut bytes)
             };
             blocks.push(Block {
                 attn_norm,
-                wq: w("attn_q")?,
-                wk: w("attn_k")?,
-                wv: w("attn_v")?,
+                qkv: Projection::fuse(vec![w("attn_q")?, w("attn_k")?, w("attn_v")?]),
                 wo: w("attn_output")?,
                 ffn_norm,
-                gate: w("ffn_gate")?,
-                up: w("ffn_up")?,
+                gate_up: Projection::fuse(vec![w("ffn_gate")?, w("ffn_up")?]),
                 down: w("ffn_down")?,
             });
         }
@@ -345,9 +344,14 @@ impl Llama {
         let mut x = self.embed.index_select(&ids, 0)?;
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, cfg.rms_eps)?;
-            let mut q = to_vec(&block.wq.forward(&h)?)?;
-            let mut k = to_vec(&block.wk.forward(&h)?)?;
-            let v = to_vec(&block.wv.forward(&h)?)?;
+            let widths = [cfg.n_head * cfg.head_dim, cfg.kv_dim(), cfg.kv_dim()];
+            let mut parts = split_outputs(&block.qkv, &h, &widths)?.into_iter();
+            let (Some(mut q), Some(mut k), Some(v)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(EngineError::Unsupported(
+                    "Q/K/V projection lost a part".into(),
+                ));
+            };
             self.rope(&mut q, cfg.n_head, &token_pos);
             self.rope(&mut k, cfg.n_kv_head, &token_pos);
             let kv_dim = cfg.kv_dim();
@@ -370,8 +374,22 @@ impl Llama {
             let attn = Tensor::from_vec(attn, (n_tokens, cfg.n_head * cfg.head_dim), &self.device)?;
             x = (x + block.wo.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
-            let gate = candle_nn::ops::silu(&block.gate.forward(&h)?)?;
-            let up = block.up.forward(&h)?;
+            let (gate, up) = match block.gate_up.as_slice() {
+                [fused] => {
+                    let y = fused.forward(&h)?;
+                    (
+                        y.narrow(1, 0, cfg.ffn_dim)?,
+                        y.narrow(1, cfg.ffn_dim, cfg.ffn_dim)?,
+                    )
+                }
+                [gate, up] => (gate.forward(&h)?, up.forward(&h)?),
+                _ => {
+                    return Err(EngineError::Unsupported(
+                        "gate/up projection lost a part".into(),
+                    ))
+                }
+            };
+            let gate = candle_nn::ops::silu(&gate)?;
             x = (x + block.down.forward(&(gate * up)?)?)?;
         }
         for input in inputs.iter_mut() {
@@ -411,31 +429,89 @@ impl Llama {
     }
 }
 
+/// A projection's weights and the matmul that applies them.
+enum Projection {
+    /// candle's (quantized or dense) matmul: as stored (`gguf`), dequantized (`f32`), or Q8_0 off
+    /// the CPU.
+    Candle(QMatMul),
+    /// Q8_0 on the CPU through `wattserve-kernels`: the same arithmetic as candle's Q8_0 matmul,
+    /// with every weight block shared by a tile of rows (decoding many sequences at once).
+    Q8(Q8_0Weights),
+}
+
+impl Projection {
+    /// One projection from several with the same input when all are Q8_0 on the CPU (their
+    /// outputs side by side: the input is quantized once and read once); else them unchanged.
+    fn fuse(parts: Vec<Projection>) -> Vec<Projection> {
+        let q8: Vec<&Q8_0Weights> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Projection::Q8(w) => Some(w),
+                Projection::Candle(_) => None,
+            })
+            .collect();
+        if q8.len() != parts.len() {
+            return parts;
+        }
+        match Q8_0Weights::stack(&q8) {
+            Some(w) => vec![Projection::Q8(w)],
+            None => parts,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        match self {
+            Projection::Candle(m) => Ok(m.forward(x)?),
+            Projection::Q8(w) => {
+                let (rows, k) = x.dims2()?;
+                if k != w.k {
+                    return Err(EngineError::Unsupported(format!(
+                        "projection expects {} inputs, got {k}",
+                        w.k
+                    )));
+                }
+                let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let y = matmul_q8_0(&data, rows, w, Q8Path::detect(), default_threads());
+                Ok(Tensor::from_vec(y, (rows, w.n), x.device())?)
+            }
+        }
+    }
+}
+
 /// The weight of one projection at `precision`, adding its size to `bytes`.
 fn matmul_weight(
     t: QTensor,
     precision: Precision,
     bytes: &mut usize,
-) -> Result<QMatMul, EngineError> {
+) -> Result<Projection, EngineError> {
     let device = t.device();
     let stored_dense = matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
     let t = match precision {
         Precision::F32 => {
             let dense = t.dequantize(&device)?;
             *bytes += dense.elem_count() * 4;
-            return Ok(QMatMul::Tensor(dense));
+            return Ok(Projection::Candle(QMatMul::Tensor(dense)));
         }
         Precision::Int8 if t.dtype() != GgmlDType::Q8_0 => {
             QTensor::quantize(&t.dequantize(&device)?, GgmlDType::Q8_0)?
         }
         _ => t,
     };
+    // K a multiple of 256: candle's repacked AVX-512 Q8_0 kernel is faster (benches/q8_0_matmul.rs).
+    let (n, k) = t.shape().dims2()?;
+    if precision == Precision::Int8 && device.is_cpu() && k % 256 != 0 {
+        let raw = t.data()?;
+        if let Some(w) = Q8_0Weights::from_ggml_blocks(&raw, n, k) {
+            *bytes += w.bytes();
+            return Ok(Projection::Q8(w));
+        }
+    }
     *bytes += if stored_dense && precision == Precision::Gguf {
         t.shape().elem_count() * 4
     } else {
         t.storage_size_in_bytes()
     };
-    Ok(QMatMul::from_qtensor(t)?)
+    Ok(Projection::Candle(QMatMul::from_qtensor(t)?))
 }
 
 /// `cos` and `sin` of `pos × base^(-2i / rope_dim)` for every position of the context, computed
@@ -455,6 +531,40 @@ fn rope_tables(cfg: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (cos, sin)
+}
+
+/// The outputs of `projections` applied to `x`, split into parts of `widths` columns (one
+/// projection per part, or one fused projection for all), each row-major `rows × width`.
+fn split_outputs(
+    projections: &[Projection],
+    x: &Tensor,
+    widths: &[usize],
+) -> Result<Vec<Vec<f32>>, EngineError> {
+    if projections.len() == widths.len() {
+        return projections.iter().map(|p| to_vec(&p.forward(x)?)).collect();
+    }
+    let [fused] = projections else {
+        return Err(EngineError::Unsupported(format!(
+            "{} projections for {} outputs",
+            projections.len(),
+            widths.len()
+        )));
+    };
+    let y = to_vec(&fused.forward(x)?)?;
+    let total: usize = widths.iter().sum();
+    let rows = y.len() / total.max(1);
+    let mut parts: Vec<Vec<f32>> = widths
+        .iter()
+        .map(|w| Vec::with_capacity(rows * w))
+        .collect();
+    for row in y.chunks_exact(total) {
+        let mut off = 0;
+        for (part, &w) in parts.iter_mut().zip(widths) {
+            part.extend_from_slice(&row[off..off + w]);
+            off += w;
+        }
+    }
+    Ok(parts)
 }
 
 fn to_vec(t: &Tensor) -> Result<Vec<f32>, EngineError> {
@@ -698,6 +808,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(&pair[8..], &alone[..]);
+    }
+
+    #[test]
+    fn q8_projection_is_bit_identical_to_candle_q8_0_matmul() {
+        // K = 576 (SmolLM2's width) is not a multiple of 256, so candle takes its per-row
+        // vec_dot path, whose arithmetic the kernel reproduces.
+        let (rows, k, n) = (5, 576, 40);
+        let dev = Device::Cpu;
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1009) as f32 / 504.5) - 1.0)
+            .collect();
+        let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let q2 = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let x: Vec<f32> = (0..rows * k)
+            .map(|i| ((i * 104729 % 997) as f32 / 99.7) - 5.0)
+            .collect();
+        let x = Tensor::from_vec(x, (rows, k), &dev).unwrap();
+        let candle = QMatMul::from_qtensor(q2).unwrap().forward(&x).unwrap();
+        let mut bytes = 0;
+        let ours = matmul_weight(q, Precision::Int8, &mut bytes).unwrap();
+        assert!(matches!(ours, Projection::Q8(_)));
+        let ours = ours.forward(&x).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&candle), flat(&ours));
     }
 
     #[test]

@@ -1,0 +1,61 @@
+//! Q8_0 matmul for the decoder (wattserve-kernels, one weight block shared by a tile of rows)
+//! against candle's Q8_0 `QMatMul` (one row at a time), at SmolLM2's shapes and the row counts
+//! of decoding 1, 4 and 16 sequences. `cargo bench --bench q8_0_matmul`; GOP/s as elements/s.
+
+use std::hint::black_box;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wattserve_kernels::default_threads;
+use wattserve_kernels::q8_0::{matmul_q8_0, Q8Path, Q8_0Weights};
+
+/// (K, N): attention q/o, k/v, FFN gate/up, FFN down, output head.
+const SHAPES: [(usize, usize); 5] = [
+    (576, 576),
+    (576, 192),
+    (576, 1536),
+    (1536, 576),
+    (576, 49152),
+];
+
+fn data(len: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2654435761).max(1);
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+fn q8(c: &mut Criterion) {
+    let mut group = c.benchmark_group("q8_0");
+    group.sample_size(20);
+    let threads = default_threads();
+    let path = Q8Path::detect();
+    for (k, n) in SHAPES {
+        let w = Tensor::from_vec(data(n * k, 2), (n, k), &Device::Cpu).unwrap();
+        let qt = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let ours = Q8_0Weights::from_ggml_blocks(&qt.data().unwrap(), n, k).unwrap();
+        let candle = QMatMul::from_qtensor(qt).unwrap();
+        for m in [1usize, 4, 16] {
+            group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+            let x = data(m * k, 1);
+            let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
+            let id = format!("{k}x{n}/m{m}");
+            group.bench_with_input(BenchmarkId::new("candle", &id), &(), |b, _| {
+                b.iter(|| black_box(candle.forward(&xt).unwrap()))
+            });
+            group.bench_with_input(BenchmarkId::new("wattserve", &id), &(), |b, _| {
+                b.iter(|| black_box(matmul_q8_0(&x, m, &ours, path, threads)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, q8);
+criterion_main!(benches);
