@@ -241,7 +241,9 @@ impl Llama {
         } else {
             token_embd
         };
-        let output = matmul_weight(output, precision, &mut bytes)?;
+        let output = projections(vec![output], precision, device, &mut bytes)?
+            .pop()
+            .ok_or_else(|| EngineError::Unsupported("the output projection is missing".into()))?;
         let norm_vec = |file: &mut GgufFile, name: &str, bytes: &mut usize| {
             let t = file.tensor(name, device)?.dequantize(device)?;
             *bytes += t.elem_count() * 4;
@@ -252,17 +254,24 @@ impl Llama {
         for i in 0..cfg.n_layer {
             let attn_norm = norm_vec(file, &format!("blk.{i}.attn_norm.weight"), &mut bytes)?;
             let ffn_norm = norm_vec(file, &format!("blk.{i}.ffn_norm.weight"), &mut bytes)?;
-            let mut w = |part: &str| -> Result<Projection, EngineError> {
-                let t = file.tensor(&format!("blk.{i}.{part}.weight"), device)?;
-                matmul_weight(t, precision, &mut bytes)
+            let mut w = |names: &[&str]| -> Result<Vec<Projection>, EngineError> {
+                let parts = names
+                    .iter()
+                    .map(|p| file.tensor(&format!("blk.{i}.{p}.weight"), device))
+                    .collect::<Result<Vec<_>, _>>()?;
+                projections(parts, precision, device, &mut bytes)
+            };
+            let one = |mut v: Vec<Projection>| {
+                v.pop()
+                    .ok_or_else(|| EngineError::Unsupported("a projection is missing".into()))
             };
             blocks.push(Block {
                 attn_norm,
-                qkv: Projection::fuse(vec![w("attn_q")?, w("attn_k")?, w("attn_v")?]),
-                wo: w("attn_output")?,
+                qkv: w(&["attn_q", "attn_k", "attn_v"])?,
+                wo: one(w(&["attn_output"])?)?,
                 ffn_norm,
-                gate_up: Projection::fuse(vec![w("ffn_gate")?, w("ffn_up")?]),
-                down: w("ffn_down")?,
+                gate_up: w(&["ffn_gate", "ffn_up"])?,
+                down: one(w(&["ffn_down"])?)?,
             });
         }
         let (rope_cos, rope_sin) = rope_tables(&cfg);
@@ -434,34 +443,94 @@ enum Projection {
     /// candle's (quantized or dense) matmul: as stored (`gguf`), dequantized (`f32`), or Q8_0 off
     /// the CPU.
     Candle(QMatMul),
-    /// Q8_0 on the CPU through `wattserve-kernels`: the same arithmetic as candle's Q8_0 matmul,
-    /// with every weight block shared by a tile of rows (decoding many sequences at once).
+    /// Q8_0 through candle's repacked VNNI kernel, which needs K to be a multiple of 256: the
+    /// weights carry zero columns up to `padded_k`, and inputs get zeros appended.
+    PaddedK {
+        /// The Q8_0 matmul over `padded_k` inputs.
+        matmul: QMatMul,
+        /// Real inputs.
+        k: usize,
+        /// Inputs after padding.
+        padded_k: usize,
+    },
+    /// Q8_0 on the CPU through `wattserve-kernels` (CPUs without VNNI): candle's per-row Q8_0
+    /// arithmetic, with every weight block shared by a tile of rows.
     Q8(Q8_0Weights),
 }
 
+/// Whether candle's repacked Q8_0 kernel runs on this CPU (it needs VNNI).
+fn candle_q8_0_repack_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512vnni")
+            || std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 impl Projection {
-    /// One projection from several with the same input when all are Q8_0 on the CPU (their
-    /// outputs side by side: the input is quantized once and read once); else them unchanged.
-    fn fuse(parts: Vec<Projection>) -> Vec<Projection> {
-        let q8: Vec<&Q8_0Weights> = parts
+    /// The int8 (Q8_0) projection of `parts` stacked along the outputs (Q, K, V as one matmul:
+    /// the input is quantized and read once), with the CPU's fastest Q8_0 kernel.
+    fn int8(parts: Vec<QTensor>, device: &Device, bytes: &mut usize) -> Result<Self, EngineError> {
+        let dense: Vec<Tensor> = parts
             .iter()
-            .filter_map(|p| match p {
-                Projection::Q8(w) => Some(w),
-                Projection::Candle(_) => None,
-            })
-            .collect();
-        if q8.len() != parts.len() {
-            return parts;
+            .map(|t| t.dequantize(device))
+            .collect::<Result<_, _>>()?;
+        let dense = if dense.len() == 1 {
+            dense.into_iter().next().unwrap_or_else(|| unreachable!())
+        } else {
+            Tensor::cat(&dense, 0)?
+        };
+        let (n, k) = dense.dims2()?;
+        if device.is_cpu() && candle_q8_0_repack_available() {
+            let padded_k = k.div_ceil(256) * 256;
+            let dense = if padded_k > k {
+                Tensor::cat(
+                    &[dense, Tensor::zeros((n, padded_k - k), DType::F32, device)?],
+                    1,
+                )?
+            } else {
+                dense
+            };
+            let q = QTensor::quantize(&dense, GgmlDType::Q8_0)?;
+            *bytes += q.storage_size_in_bytes();
+            let matmul = QMatMul::from_qtensor(q)?;
+            return Ok(if padded_k > k {
+                Projection::PaddedK {
+                    matmul,
+                    k,
+                    padded_k,
+                }
+            } else {
+                Projection::Candle(matmul)
+            });
         }
-        match Q8_0Weights::stack(&q8) {
-            Some(w) => vec![Projection::Q8(w)],
-            None => parts,
+        let q = QTensor::quantize(&dense, GgmlDType::Q8_0)?;
+        if device.is_cpu() {
+            if let Some(w) = Q8_0Weights::from_ggml_blocks(&q.data()?, n, k) {
+                *bytes += w.bytes();
+                return Ok(Projection::Q8(w));
+            }
         }
+        *bytes += q.storage_size_in_bytes();
+        Ok(Projection::Candle(QMatMul::from_qtensor(q)?))
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         match self {
             Projection::Candle(m) => Ok(m.forward(x)?),
+            Projection::PaddedK {
+                matmul,
+                k,
+                padded_k,
+            } => {
+                let rows = x.dims2()?.0;
+                let zeros = Tensor::zeros((rows, padded_k - k), x.dtype(), x.device())?;
+                Ok(matmul.forward(&Tensor::cat(&[x, &zeros], 1)?)?)
+            }
             Projection::Q8(w) => {
                 let (rows, k) = x.dims2()?;
                 if k != w.k {
@@ -478,40 +547,36 @@ impl Projection {
     }
 }
 
-/// The weight of one projection at `precision`, adding its size to `bytes`.
-fn matmul_weight(
-    t: QTensor,
+/// The projections for the weights `parts` (same input) at `precision`, adding their size to
+/// `bytes`: one stacked int8 projection, or one candle matmul per part (`gguf` keeps every
+/// tensor as stored, `f32` dequantizes).
+fn projections(
+    parts: Vec<QTensor>,
     precision: Precision,
+    device: &Device,
     bytes: &mut usize,
-) -> Result<Projection, EngineError> {
-    let device = t.device();
-    let stored_dense = matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
-    let t = match precision {
-        Precision::F32 => {
-            let dense = t.dequantize(&device)?;
-            *bytes += dense.elem_count() * 4;
-            return Ok(Projection::Candle(QMatMul::Tensor(dense)));
-        }
-        Precision::Int8 if t.dtype() != GgmlDType::Q8_0 => {
-            QTensor::quantize(&t.dequantize(&device)?, GgmlDType::Q8_0)?
-        }
-        _ => t,
-    };
-    // K a multiple of 256: candle's repacked AVX-512 Q8_0 kernel is faster (benches/q8_0_matmul.rs).
-    let (n, k) = t.shape().dims2()?;
-    if precision == Precision::Int8 && device.is_cpu() && k % 256 != 0 {
-        let raw = t.data()?;
-        if let Some(w) = Q8_0Weights::from_ggml_blocks(&raw, n, k) {
-            *bytes += w.bytes();
-            return Ok(Projection::Q8(w));
-        }
+) -> Result<Vec<Projection>, EngineError> {
+    if precision == Precision::Int8 {
+        return Ok(vec![Projection::int8(parts, device, bytes)?]);
     }
-    *bytes += if stored_dense && precision == Precision::Gguf {
-        t.shape().elem_count() * 4
-    } else {
-        t.storage_size_in_bytes()
-    };
-    Ok(Projection::Candle(QMatMul::from_qtensor(t)?))
+    parts
+        .into_iter()
+        .map(|t| {
+            if precision == Precision::F32 {
+                let dense = t.dequantize(device)?;
+                *bytes += dense.elem_count() * 4;
+                return Ok(Projection::Candle(QMatMul::Tensor(dense)));
+            }
+            let stored_dense =
+                matches!(t.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+            *bytes += if stored_dense {
+                t.shape().elem_count() * 4
+            } else {
+                t.storage_size_in_bytes()
+            };
+            Ok(Projection::Candle(QMatMul::from_qtensor(t)?))
+        })
+        .collect()
 }
 
 /// `cos` and `sin` of `pos × base^(-2i / rope_dim)` for every position of the context, computed
@@ -811,28 +876,46 @@ mod tests {
     }
 
     #[test]
-    fn q8_projection_is_bit_identical_to_candle_q8_0_matmul() {
-        // K = 576 (SmolLM2's width) is not a multiple of 256, so candle takes its per-row
-        // vec_dot path, whose arithmetic the kernel reproduces.
+    fn int8_projections_track_f32_and_the_q8_kernel_matches_candle_bit_for_bit() {
+        // K = 576 (SmolLM2's width): not a multiple of 256, so candle's own Q8_0 matmul takes
+        // its per-row vec_dot path, whose arithmetic the wattserve kernel reproduces exactly.
         let (rows, k, n) = (5, 576, 40);
         let dev = Device::Cpu;
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 7919 % 1009) as f32 / 504.5) - 1.0)
             .collect();
         let w = Tensor::from_vec(w, (n, k), &dev).unwrap();
-        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
-        let q2 = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let x: Vec<f32> = (0..rows * k)
             .map(|i| ((i * 104729 % 997) as f32 / 99.7) - 5.0)
             .collect();
         let x = Tensor::from_vec(x, (rows, k), &dev).unwrap();
-        let candle = QMatMul::from_qtensor(q2).unwrap().forward(&x).unwrap();
-        let mut bytes = 0;
-        let ours = matmul_weight(q, Precision::Int8, &mut bytes).unwrap();
-        assert!(matches!(ours, Projection::Q8(_)));
-        let ours = ours.forward(&x).unwrap();
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let candle = QMatMul::from_qtensor(q).unwrap().forward(&x).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
+        let ours = Q8_0Weights::from_ggml_blocks(&q.data().unwrap(), n, k).unwrap();
+        let ours = Projection::Q8(ours).forward(&x).unwrap();
         assert_eq!(flat(&candle), flat(&ours));
+        // Whatever kernel this CPU gets (padded VNNI or ours), the int8 projection of two
+        // stacked parts is close to the f32 product.
+        let rows_of = |from: usize, count: usize| {
+            let v = w.narrow(0, from, count).unwrap().flatten_all().unwrap();
+            Tensor::from_vec(v.to_vec1::<f32>().unwrap(), (count, k), &dev).unwrap()
+        };
+        let (w1, w2) = (rows_of(0, 16), rows_of(16, 24));
+        let parts = vec![
+            QTensor::quantize(&w1, GgmlDType::F32).unwrap(),
+            QTensor::quantize(&w2, GgmlDType::F32).unwrap(),
+        ];
+        let mut bytes = 0;
+        let p = Projection::int8(parts, &dev, &mut bytes).unwrap();
+        assert!(bytes > 0);
+        let exact = flat(&x.matmul(&w.t().unwrap()).unwrap());
+        let got = flat(&p.forward(&x).unwrap());
+        let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in got.iter().zip(&exact) {
+            assert!((a - b).abs() < 0.02 * scale, "{a} vs {b}");
+        }
     }
 
     #[test]
