@@ -690,6 +690,18 @@ fn sequence_attention(
 ) -> Result<Vec<f32>, EngineError> {
     let (t, d, heads) = (span.tokens, cfg.head_dim, cfg.n_head);
     let len = span.start + t;
+    if t == 1 {
+        // One new token: the query heads sharing a key/value head are the rows of one matmul,
+        // so each key/value head is copied once, not once per query head (same arithmetic:
+        // the logits stay bit-identical to the reference's, tested).
+        let group = cfg.n_head / cfg.n_kv_head;
+        let q = Tensor::from_slice(q, (1, cfg.n_kv_head, group, d), device)?;
+        let k = kv_heads(cfg, keys, len, device)?;
+        let v = kv_heads(cfg, values, len, device)?;
+        let att = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        return Ok(att.matmul(&v)?.flatten_all()?.to_vec1::<f32>()?);
+    }
     let q = Tensor::from_slice(q, (1, t, heads, d), device)?
         .transpose(1, 2)?
         .contiguous()?;
@@ -710,6 +722,23 @@ fn sequence_attention(
     let att = candle_nn::ops::softmax_last_dim(&att)?;
     let y = att.matmul(&v)?.transpose(1, 2)?.reshape((t, heads * d))?;
     Ok(y.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// The first `len` cached rows as a contiguous `(1, n_kv_head, len, head_dim)` tensor.
+fn kv_heads(
+    cfg: &LlamaConfig,
+    cache: &[f32],
+    len: usize,
+    device: &Device,
+) -> Result<Tensor, EngineError> {
+    let (d, kv_dim) = (cfg.head_dim, cfg.kv_dim());
+    let mut data = Vec::with_capacity(cfg.n_kv_head * len * d);
+    for head in 0..cfg.n_kv_head {
+        for j in 0..len {
+            data.extend_from_slice(&cache[j * kv_dim + head * d..j * kv_dim + head * d + d]);
+        }
+    }
+    Ok(Tensor::from_vec(data, (1, cfg.n_kv_head, len, d), device)?)
 }
 
 /// The first `len` cached rows as a contiguous `(1, n_head, len, head_dim)` tensor, each
