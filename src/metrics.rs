@@ -23,8 +23,12 @@ pub const QUEUE_DURATION: &str = "wattserve_queue_duration_seconds";
 pub const REQUEST_DURATION: &str = "wattserve_request_duration_seconds";
 /// Requests answered, by model, endpoint and HTTP status.
 pub const REQUESTS: &str = "wattserve_requests_total";
-/// Tokens processed, by model and kind (`prompt`).
+/// Tokens processed, by model and kind (`prompt`, `completion`).
 pub const TOKENS: &str = "wattserve_tokens_total";
+/// Generation: time from a request's admission to its first token, per model.
+pub const TIME_TO_FIRST_TOKEN: &str = "wattserve_time_to_first_token_seconds";
+/// Generation: mean time between a completion's tokens after the first, per model.
+pub const TIME_PER_OUTPUT_TOKEN: &str = "wattserve_time_per_output_token_seconds";
 
 /// Energy attributed to requests (all batches, failed ones included), by model and source.
 pub const ENERGY: &str = "wattserve_energy_joules_total";
@@ -179,6 +183,16 @@ fn describe() {
         "Requests answered, by model, endpoint and status"
     );
     describe_counter!(TOKENS, Unit::Count, "Tokens processed, by model and kind");
+    describe_histogram!(
+        TIME_TO_FIRST_TOKEN,
+        Unit::Seconds,
+        "Generation: time from admission to the first generated token"
+    );
+    describe_histogram!(
+        TIME_PER_OUTPUT_TOKEN,
+        Unit::Seconds,
+        "Generation: mean time between a completion's tokens after the first"
+    );
     describe_gauge!(
         DEVICE_POWER,
         "Average device power over the latest ledger interval, watts"
@@ -187,6 +201,16 @@ fn describe() {
         ENERGY_PER_REQUEST,
         "Energy attributed to each successful request, joules"
     );
+}
+
+/// Observes one finished completion's time to first token and, when it has more than one
+/// token, its mean time per output token after the first.
+pub fn record_generation(model: &str, ttft: Duration, tokens: usize, total: Duration) {
+    histogram!(TIME_TO_FIRST_TOKEN, "model" => model.to_string()).record(ttft.as_secs_f64());
+    if tokens > 1 && total > ttft {
+        let per = (total - ttft).as_secs_f64() / (tokens - 1) as f64;
+        histogram!(TIME_PER_OUTPUT_TOKEN, "model" => model.to_string()).record(per);
+    }
 }
 
 /// Sets `wattserve_queue_depth{model}`.

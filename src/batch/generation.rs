@@ -249,6 +249,9 @@ struct StepLoop {
     running: Vec<Seq>,
 }
 
+/// Completion tokens a new sequence's KV cache has room for before it grows.
+const INITIAL_ROOM: usize = 256;
+
 /// How long an idle loop blocks before checking again for shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
@@ -296,7 +299,7 @@ impl StepLoop {
         let mut budget = self.limits.max_batch_tokens;
         let mut plan = Vec::new();
         for (i, s) in self.running.iter().enumerate() {
-            if s.prompt_done() && budget > 0 {
+            if s.prompt_done() && s.next.is_some() && budget > 0 {
                 plan.push((i, 0..1));
                 budget -= 1;
             }
@@ -340,7 +343,9 @@ impl StepLoop {
             let mut caches: Vec<Option<&mut KvCache>> = Vec::with_capacity(self.running.len());
             for s in self.running.iter_mut() {
                 if s.cache.is_none() {
-                    let capacity = s.job.prompt.len() + s.job.max_new_tokens;
+                    // Room for the prompt and a typical answer; the cache grows past it if
+                    // needed (reserving the whole context would pin 377 MB per sequence).
+                    let capacity = s.job.prompt.len() + s.job.max_new_tokens.min(INITIAL_ROOM);
                     s.cache = Some(model.new_cache(capacity));
                 }
                 caches.push(s.cache.as_mut());
@@ -462,12 +467,14 @@ impl StepLoop {
             }
         }
         let first_step = s.first_step.unwrap_or(s.submitted);
+        let ttft = s.first_token.unwrap_or_default();
+        m::record_generation(&self.model, ttft, s.generated, s.submitted.elapsed());
         let done = Finished {
             reason,
             prompt_tokens: s.job.prompt.len(),
             completion_tokens: s.generated,
             queue_time: first_step - s.submitted,
-            time_to_first_token: s.first_token.unwrap_or_default(),
+            time_to_first_token: ttft,
             compute_time: s.compute_time,
             max_batch: s.max_batch,
             energy: std::mem::take(&mut s.energy),
