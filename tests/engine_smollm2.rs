@@ -286,6 +286,14 @@ fn precisions_load_and_report_sizes() {
     })
     .unwrap_err();
     assert!(err.to_string().contains("gguf (as stored), int8"), "{err}");
+    let err = GenerationModel::load(&GenerationLoadOptions {
+        path: common::models_dir().join("no-such-model/weights"),
+        precision: Precision::Int8,
+        device: DeviceSpec::Cpu,
+        max_context: None,
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
 /// Stronger than equal tokens: the logits themselves are bit-identical to the reference's, on

@@ -135,6 +135,13 @@ fn resolve_gguf(path: &Path) -> Result<PathBuf, EngineError> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
+    if !path.exists() {
+        return Err(EngineError::Config {
+            path: path.to_path_buf(),
+            message: "does not exist (path = ...; run models/fetch.sh for the default models)"
+                .into(),
+        });
+    }
     let entries = std::fs::read_dir(path).map_err(|source| EngineError::Io {
         path: path.to_path_buf(),
         source,
