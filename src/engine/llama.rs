@@ -2,18 +2,18 @@
 //! batching: every token carries its own position, every sequence its own KV cache, and one
 //! forward pass runs any mix of prompt chunks and decode tokens from many sequences. The
 //! projections run as ONE matmul over all tokens of the step through candle's quantized module;
-//! RoPE and attention run here, per token against its own sequence's cache, in parallel.
+//! RoPE and attention run here, per token against its own sequence's cache (`attention.rs`).
 //!
 //! candle-transformers' `quantized_llama` shares one position and one cache length across the
 //! batch, so it cannot do this; it is the reference our greedy output is tested against.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
-use rayon::prelude::*;
-
 use wattserve_kernels::default_threads;
 use wattserve_kernels::q8_0::{matmul_q8_0, Q8Path, Q8_0Weights};
+use wattserve_kernels::q8_0_tiles::{self, Q8_0Tiles};
 
+use super::attention::{attention, Span};
 use super::gguf::GgufFile;
 use super::{EngineError, Precision};
 
@@ -144,6 +144,19 @@ impl KvCache {
     /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Forgets the tokens past the first `len` (keeping the room reserved), so that a sequence
+    /// can be rewound: a benchmark repeating one step, or a step to be retried.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for (k, v) in &mut self.layers {
+            k.truncate(len * self.kv_dim);
+            v.truncate(len * self.kv_dim);
+        }
+        self.len = len;
     }
 
     /// Bytes of keys and values held.
@@ -379,27 +392,24 @@ impl Llama {
                     (k.as_slice(), v.as_slice())
                 })
                 .collect();
-            let attn = attention(cfg, &q, &spans, &caches, &self.device)?;
+            let attn = attention(cfg, &q, &spans, &caches)?;
             let attn = Tensor::from_vec(attn, (n_tokens, cfg.n_head * cfg.head_dim), &self.device)?;
             x = (x + block.wo.forward(&attn)?)?;
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
-            let (gate, up) = match block.gate_up.as_slice() {
+            let act = match block.gate_up.as_slice() {
                 [fused] => {
-                    let y = fused.forward(&h)?;
-                    (
-                        y.narrow(1, 0, cfg.ffn_dim)?,
-                        y.narrow(1, cfg.ffn_dim, cfg.ffn_dim)?,
-                    )
+                    let y = fused.forward_vec(&h)?;
+                    let act = silu_times_up(&y, cfg.ffn_dim);
+                    Tensor::from_vec(act, (n_tokens, cfg.ffn_dim), &self.device)?
                 }
-                [gate, up] => (gate.forward(&h)?, up.forward(&h)?),
+                [gate, up] => (candle_nn::ops::silu(&gate.forward(&h)?)? * up.forward(&h)?)?,
                 _ => {
                     return Err(EngineError::Unsupported(
                         "gate/up projection lost a part".into(),
                     ))
                 }
             };
-            let gate = candle_nn::ops::silu(&gate)?;
-            x = (x + block.down.forward(&(gate * up)?)?)?;
+            x = (x + block.down.forward(&act)?)?;
         }
         for input in inputs.iter_mut() {
             input.cache.len += input.tokens.len();
@@ -422,19 +432,18 @@ impl Llama {
     fn rope(&self, data: &mut [f32], heads: usize, positions: &[usize]) {
         let d = self.cfg.head_dim;
         let half = self.cfg.rope_dim / 2;
-        data.par_chunks_mut(heads * d)
-            .zip(positions.par_iter())
-            .for_each(|(row, &pos)| {
-                let cos = &self.rope_cos[pos * half..(pos + 1) * half];
-                let sin = &self.rope_sin[pos * half..(pos + 1) * half];
-                for head in row.chunks_exact_mut(d) {
-                    for i in 0..half {
-                        let (x0, x1) = (head[2 * i], head[2 * i + 1]);
-                        head[2 * i] = x0 * cos[i] - x1 * sin[i];
-                        head[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
-                    }
+        // A few thousand multiply-adds per token: not worth waking a thread pool.
+        for (row, &pos) in data.chunks_exact_mut(heads * d).zip(positions) {
+            let cos = &self.rope_cos[pos * half..(pos + 1) * half];
+            let sin = &self.rope_sin[pos * half..(pos + 1) * half];
+            for head in row.chunks_exact_mut(d) {
+                for i in 0..half {
+                    let (x0, x1) = (head[2 * i], head[2 * i + 1]);
+                    head[2 * i] = x0 * cos[i] - x1 * sin[i];
+                    head[2 * i + 1] = x0 * sin[i] + x1 * cos[i];
                 }
-            });
+            }
+        }
     }
 }
 
@@ -456,6 +465,15 @@ enum Projection {
     /// Q8_0 on the CPU through `wattserve-kernels` (CPUs without VNNI): candle's per-row Q8_0
     /// arithmetic, with every weight block shared by a tile of rows.
     Q8(Q8_0Weights),
+    /// Q8_0 through `wattserve-kernels`' AVX-512 VNNI kernel (any K that is a multiple of 32,
+    /// 16-column weight tiles shared by up to 8 rows), on candle's CPU threads.
+    Tiles(Q8_0Tiles),
+}
+
+/// Hands `n` work items to candle's CPU thread pool (the one its own CPU ops use), so that the
+/// decoder's matmuls and attention never compete with a second pool for the cores.
+fn on_candle_pool(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(f));
 }
 
 /// Whether candle's repacked Q8_0 kernel runs on this CPU (it needs VNNI).
@@ -485,6 +503,14 @@ impl Projection {
             Tensor::cat(&dense, 0)?
         };
         let (n, k) = dense.dims2()?;
+        if device.is_cpu() && q8_0_tiles::vnni_available() {
+            let q = QTensor::quantize(&dense, GgmlDType::Q8_0)?;
+            if let Some(w) = Q8_0Weights::from_ggml_blocks(&q.data()?, n, k) {
+                let tiles = Q8_0Tiles::pack(&w);
+                *bytes += tiles.bytes();
+                return Ok(Projection::Tiles(tiles));
+            }
+        }
         if device.is_cpu() && candle_q8_0_repack_available() {
             let padded_k = k.div_ceil(256) * 256;
             let dense = if padded_k > k {
@@ -519,6 +545,18 @@ impl Projection {
         Ok(Projection::Candle(QMatMul::from_qtensor(q)?))
     }
 
+    /// [`Projection::forward`] as a row-major `rows × n` vector (no tensor for the kernels of
+    /// `wattserve-kernels`, which produce one).
+    fn forward_vec(&self, x: &Tensor) -> Result<Vec<f32>, EngineError> {
+        match self {
+            Projection::Tiles(w) => {
+                let (rows, data) = input_rows(x, w.k)?;
+                Ok(q8_0_tiles::matmul(&data, rows, w, &on_candle_pool))
+            }
+            _ => to_vec(&self.forward(x)?),
+        }
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
         match self {
             Projection::Candle(m) => Ok(m.forward(x)?),
@@ -543,8 +581,44 @@ impl Projection {
                 let y = matmul_q8_0(&data, rows, w, Q8Path::detect(), default_threads());
                 Ok(Tensor::from_vec(y, (rows, w.n), x.device())?)
             }
+            Projection::Tiles(w) => {
+                let (rows, data) = input_rows(x, w.k)?;
+                let y = q8_0_tiles::matmul(&data, rows, w, &on_candle_pool);
+                Ok(Tensor::from_vec(y, (rows, w.n), x.device())?)
+            }
         }
     }
+}
+
+/// The rows of `x` (`rows × k`) as f32, checking the width a projection expects.
+fn input_rows(x: &Tensor, k: usize) -> Result<(usize, Vec<f32>), EngineError> {
+    let (rows, width) = x.dims2()?;
+    if width != k {
+        return Err(EngineError::Unsupported(format!(
+            "projection expects {k} inputs, got {width}"
+        )));
+    }
+    Ok((rows, to_vec(x)?))
+}
+
+/// `silu(gate) · up` for rows of `[gate | up]` (each `ffn` wide), as candle's `silu` and `mul`
+/// compute it (`g / (1 + exp(-g)) · u`), rows in parallel on candle's pool.
+fn silu_times_up(gate_up: &[f32], ffn: usize) -> Vec<f32> {
+    let rows = gate_up.len() / (2 * ffn).max(1);
+    let mut out = vec![0f32; rows * ffn];
+    let slots: Vec<std::sync::Mutex<&mut [f32]>> = out
+        .chunks_mut(ffn.max(1))
+        .map(std::sync::Mutex::new)
+        .collect();
+    on_candle_pool(rows, &|r| {
+        let (gate, up) = gate_up[r * 2 * ffn..(r + 1) * 2 * ffn].split_at(ffn);
+        let mut row = slots[r].lock().unwrap_or_else(|p| p.into_inner());
+        for ((o, &g), &u) in row.iter_mut().zip(gate).zip(up) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    });
+    drop(slots);
+    out
 }
 
 /// The projections for the weights `parts` (same input) at `precision`, adding their size to
@@ -606,7 +680,7 @@ fn split_outputs(
     widths: &[usize],
 ) -> Result<Vec<Vec<f32>>, EngineError> {
     if projections.len() == widths.len() {
-        return projections.iter().map(|p| to_vec(&p.forward(x)?)).collect();
+        return projections.iter().map(|p| p.forward_vec(x)).collect();
     }
     let [fused] = projections else {
         return Err(EngineError::Unsupported(format!(
@@ -615,7 +689,7 @@ fn split_outputs(
             widths.len()
         )));
     };
-    let y = to_vec(&fused.forward(x)?)?;
+    let y = fused.forward_vec(x)?;
     let total: usize = widths.iter().sum();
     let rows = y.len() / total.max(1);
     let mut parts: Vec<Vec<f32>> = widths
@@ -636,131 +710,6 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>, EngineError> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// Where one sequence's tokens are in a forward pass.
-#[derive(Debug, Clone, Copy)]
-struct Span {
-    /// First row of the pass's token matrix.
-    row: usize,
-    /// Tokens this pass adds.
-    tokens: usize,
-    /// Tokens cached before this pass (the position of the first new one).
-    start: usize,
-}
-
-/// Causal attention of every sequence's new tokens against its own cache (which already holds
-/// them): softmax(q·kᵀ / √d) · v per query head, each key/value head shared by
-/// `n_head / n_kv_head` query heads. Sequences run in parallel; each one with candle's own
-/// matmul and softmax on exactly the shapes and layouts candle-transformers' `quantized_llama`
-/// uses for a lone sequence, so the arithmetic is bit-for-bit the reference's. That matters:
-/// behind int8/int4 weights the activations are re-quantized at every matmul, so a last-bit
-/// difference in attention flips some of those roundings and grows into visibly different
-/// logits (measured: 0.85 max abs logit difference with a differently ordered but equally
-/// accurate attention, versus 3e-5 in f32). Returns `rows × n_head·head_dim`.
-fn attention(
-    cfg: &LlamaConfig,
-    q: &[f32],
-    spans: &[Span],
-    caches: &[(&[f32], &[f32])],
-    device: &Device,
-) -> Result<Vec<f32>, EngineError> {
-    let q_dim = cfg.n_head * cfg.head_dim;
-    let parts: Vec<Result<Vec<f32>, EngineError>> = spans
-        .par_iter()
-        .zip(caches.par_iter())
-        .map(|(span, &(keys, values))| {
-            let rows = &q[span.row * q_dim..(span.row + span.tokens) * q_dim];
-            sequence_attention(cfg, rows, *span, keys, values, device)
-        })
-        .collect();
-    let mut out = Vec::with_capacity(q.len());
-    for part in parts {
-        out.extend(part?);
-    }
-    Ok(out)
-}
-
-/// [`attention`] for one sequence: `q` holds its `span.tokens` rows.
-fn sequence_attention(
-    cfg: &LlamaConfig,
-    q: &[f32],
-    span: Span,
-    keys: &[f32],
-    values: &[f32],
-    device: &Device,
-) -> Result<Vec<f32>, EngineError> {
-    let (t, d, heads) = (span.tokens, cfg.head_dim, cfg.n_head);
-    let len = span.start + t;
-    if t == 1 {
-        // One new token: the query heads sharing a key/value head are the rows of one matmul,
-        // so each key/value head is copied once, not once per query head (same arithmetic:
-        // the logits stay bit-identical to the reference's, tested).
-        let group = cfg.n_head / cfg.n_kv_head;
-        let q = Tensor::from_slice(q, (1, cfg.n_kv_head, group, d), device)?;
-        let k = kv_heads(cfg, keys, len, device)?;
-        let v = kv_heads(cfg, values, len, device)?;
-        let att = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        return Ok(att.matmul(&v)?.flatten_all()?.to_vec1::<f32>()?);
-    }
-    let q = Tensor::from_slice(q, (1, t, heads, d), device)?
-        .transpose(1, 2)?
-        .contiguous()?;
-    let k = repeat_heads(cfg, keys, len, device)?;
-    let v = repeat_heads(cfg, values, len, device)?;
-    let att = (q.matmul(&k.t()?)? / (d as f64).sqrt())?;
-    let att = if t > 1 {
-        // Token i (position start + i) sees keys 0..=start + i.
-        let mask: Vec<u8> = (0..t)
-            .flat_map(|i| (0..len).map(move |j| u8::from(j > span.start + i)))
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, len), device)?.broadcast_as(att.shape())?;
-        let neg_inf = Tensor::new(f32::NEG_INFINITY, device)?.broadcast_as(att.shape())?;
-        mask.where_cond(&neg_inf, &att)?
-    } else {
-        att
-    };
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
-    let y = att.matmul(&v)?.transpose(1, 2)?.reshape((t, heads * d))?;
-    Ok(y.flatten_all()?.to_vec1::<f32>()?)
-}
-
-/// The first `len` cached rows as a contiguous `(1, n_kv_head, len, head_dim)` tensor.
-fn kv_heads(
-    cfg: &LlamaConfig,
-    cache: &[f32],
-    len: usize,
-    device: &Device,
-) -> Result<Tensor, EngineError> {
-    let (d, kv_dim) = (cfg.head_dim, cfg.kv_dim());
-    let mut data = Vec::with_capacity(cfg.n_kv_head * len * d);
-    for head in 0..cfg.n_kv_head {
-        for j in 0..len {
-            data.extend_from_slice(&cache[j * kv_dim + head * d..j * kv_dim + head * d + d]);
-        }
-    }
-    Ok(Tensor::from_vec(data, (1, cfg.n_kv_head, len, d), device)?)
-}
-
-/// The first `len` cached rows as a contiguous `(1, n_head, len, head_dim)` tensor, each
-/// key/value head repeated for the query heads that share it (what `repeat_kv` produces).
-fn repeat_heads(
-    cfg: &LlamaConfig,
-    cache: &[f32],
-    len: usize,
-    device: &Device,
-) -> Result<Tensor, EngineError> {
-    let (d, kv_dim) = (cfg.head_dim, cfg.kv_dim());
-    let group = cfg.n_head / cfg.n_kv_head;
-    let mut data = Vec::with_capacity(cfg.n_head * len * d);
-    for head in 0..cfg.n_head {
-        let off = (head / group) * d;
-        for j in 0..len {
-            data.extend_from_slice(&cache[j * kv_dim + off..j * kv_dim + off + d]);
-        }
-    }
-    Ok(Tensor::from_vec(data, (1, cfg.n_head, len, d), device)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -779,129 +728,6 @@ mod tests {
             context_len: 16,
             vocab_size: 10,
         }
-    }
-
-    #[test]
-    fn attention_of_a_single_visible_key_returns_its_value() {
-        let c = cfg();
-        // One sequence, one token at position 0: the only key gets weight 1.
-        let q = vec![0.3, -1.0, 2.0, 0.5, 1.0, 1.0, 1.0, 1.0];
-        let k = vec![0.1, 0.2, 0.3, 0.4];
-        let v = vec![5.0, -6.0, 7.0, 8.0];
-        let span = Span {
-            row: 0,
-            tokens: 1,
-            start: 0,
-        };
-        let out = attention(&c, &q, &[span], &[(&k, &v)], &Device::Cpu).unwrap();
-        assert_eq!(out, vec![5.0, -6.0, 7.0, 8.0, 5.0, -6.0, 7.0, 8.0]);
-    }
-
-    #[test]
-    fn attention_matches_softmax_by_hand_and_is_causal() {
-        let c = cfg();
-        // Keys at positions 0, 1 and 2; the query at position 1 must not see position 2.
-        let k = vec![1.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0, 0.0, 9.0, 9.0, 9.0, 9.0];
-        let v = vec![
-            1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 100.0, 100.0, 100.0, 100.0,
-        ];
-        let q = vec![2.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0];
-        // The query is the sequence's second token (position 1), added in this pass.
-        let span = Span {
-            row: 0,
-            tokens: 1,
-            start: 1,
-        };
-        let out = attention(&c, &q, &[span], &[(&k, &v)], &Device::Cpu).unwrap();
-        let s0 = 2.0f32 * 0.5; // q·k0 / √4
-        let s1 = 2.0f32 * 0.5; // q·k1 / √4
-        let w0 = s0.exp() / (s0.exp() + s1.exp());
-        assert!((out[0] - w0).abs() < 1e-6 && (out[1] - (1.0 - w0)).abs() < 1e-6);
-        // Head 1 has a zero query: uniform weights over the two visible keys.
-        assert!((out[4] - 0.5).abs() < 1e-6 && (out[5] - 0.5).abs() < 1e-6);
-        assert!(out.iter().all(|&x| x < 2.0), "position 2 leaked: {out:?}");
-    }
-
-    #[test]
-    fn a_chunk_of_tokens_equals_its_tokens_one_by_one() {
-        let c = cfg();
-        let k: Vec<f32> = (0..12).map(|i| (i as f32 * 0.37).sin()).collect();
-        let v: Vec<f32> = (0..12).map(|i| (i as f32 * 0.91).cos()).collect();
-        let q: Vec<f32> = (0..16).map(|i| (i as f32 * 0.53).sin()).collect();
-        // Two tokens at positions 1 and 2 in one pass, then each alone.
-        let both = attention(
-            &c,
-            &q,
-            &[Span {
-                row: 0,
-                tokens: 2,
-                start: 1,
-            }],
-            &[(&k, &v)],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let first = attention(
-            &c,
-            &q[..8],
-            &[Span {
-                row: 0,
-                tokens: 1,
-                start: 1,
-            }],
-            &[(&k, &v)],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let second = attention(
-            &c,
-            &q[8..],
-            &[Span {
-                row: 0,
-                tokens: 1,
-                start: 2,
-            }],
-            &[(&k, &v)],
-            &Device::Cpu,
-        )
-        .unwrap();
-        for (a, b) in both.iter().zip(first.iter().chain(&second)) {
-            assert!((a - b).abs() < 1e-6, "{both:?} vs {first:?} {second:?}");
-        }
-        // Two sequences in one call give what each gives alone.
-        let k2: Vec<f32> = k.iter().map(|x| x * 2.0).collect();
-        let pair = attention(
-            &c,
-            &q,
-            &[
-                Span {
-                    row: 0,
-                    tokens: 1,
-                    start: 2,
-                },
-                Span {
-                    row: 1,
-                    tokens: 1,
-                    start: 0,
-                },
-            ],
-            &[(&k, &v), (&k2, &v)],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let alone = attention(
-            &c,
-            &q[8..],
-            &[Span {
-                row: 0,
-                tokens: 1,
-                start: 0,
-            }],
-            &[(&k2, &v)],
-            &Device::Cpu,
-        )
-        .unwrap();
-        assert_eq!(&pair[8..], &alone[..]);
     }
 
     #[test]
@@ -945,6 +771,24 @@ mod tests {
         for (a, b) in got.iter().zip(&exact) {
             assert!((a - b).abs() < 0.02 * scale, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn a_truncated_cache_forgets_the_tail_and_keeps_its_room() {
+        let c = cfg();
+        let mut cache = KvCache::new(&c, 8);
+        for (k, v) in &mut cache.layers {
+            k.extend_from_slice(&[1.0; 3 * 4]);
+            v.extend_from_slice(&[2.0; 3 * 4]);
+        }
+        cache.len = 3;
+        let room = cache.layers[0].0.capacity();
+        cache.truncate(5);
+        assert_eq!(cache.len(), 3, "truncating past the end keeps everything");
+        cache.truncate(1);
+        assert_eq!((cache.len(), cache.bytes()), (1, 2 * 4 * 4));
+        assert_eq!(cache.layers[0].0, vec![1.0; 4]);
+        assert_eq!(cache.layers[0].0.capacity(), room);
     }
 
     #[test]

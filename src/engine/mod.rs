@@ -5,6 +5,7 @@
 //! [`crate::batch`] owns an engine on a dedicated compute thread.
 
 pub mod activation;
+pub(crate) mod attention;
 pub mod bert;
 pub mod chat_template;
 pub mod device;
