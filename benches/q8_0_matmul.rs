@@ -1,6 +1,9 @@
-//! Q8_0 matmul for the decoder (wattserve-kernels, one weight block shared by a tile of rows)
-//! against candle's Q8_0 `QMatMul` (one row at a time), at SmolLM2's shapes and the row counts
-//! of decoding 1, 4 and 16 sequences. `cargo bench --bench q8_0_matmul`; GOP/s as elements/s.
+//! Q8_0 matmuls for the decoder at SmolLM2's shapes and the row counts of decoding 1, 4 and 16
+//! sequences: candle's `QMatMul` (per row, or its repacked VNNI kernel when K is a multiple of
+//! 256), candle's repacked kernel on inputs zero-padded to a multiple of 256 (`candle-padded`,
+//! what the engine used before), wattserve's portable-SIMD Q8_0 kernel (`wattserve`, CPUs
+//! without VNNI) and wattserve's VNNI tile kernel (`wattserve-tiles`: int8 in blocks of 64, the engine's default
+//! where the CPU has AVX-512 VNNI). `cargo bench --bench q8_0_matmul`; GOP/s as elements/s.
 
 use std::hint::black_box;
 
@@ -9,6 +12,12 @@ use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wattserve_kernels::default_threads;
 use wattserve_kernels::q8_0::{matmul_q8_0, Q8Path, Q8_0Weights};
+use wattserve_kernels::q8_tiles::{self, Q8Tiles};
+
+/// candle's CPU pool, as the engine hands it to the tile kernel.
+fn on_candle_pool(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(f));
+}
 
 /// (K, N): attention q/o, k/v, FFN gate/up, FFN down, output head.
 const SHAPES: [(usize, usize); 5] = [
@@ -41,6 +50,13 @@ fn q8(c: &mut Criterion) {
         let qt = QTensor::quantize(&w, GgmlDType::Q8_0).unwrap();
         let ours = Q8_0Weights::from_ggml_blocks(&qt.data().unwrap(), n, k).unwrap();
         let candle = QMatMul::from_qtensor(qt).unwrap();
+        let tiles = Q8Tiles::quantize(&data(n * k, 2), n, k).unwrap();
+        let padded_k = k.div_ceil(256) * 256;
+        let padded = (padded_k > k).then(|| {
+            let zeros = Tensor::zeros((n, padded_k - k), candle_core::DType::F32, &Device::Cpu);
+            let wp = Tensor::cat(&[&w, &zeros.unwrap()], 1).unwrap();
+            QMatMul::from_qtensor(QTensor::quantize(&wp, GgmlDType::Q8_0).unwrap()).unwrap()
+        });
         for m in [1usize, 4, 16] {
             group.throughput(Throughput::Elements((2 * m * k * n) as u64));
             let x = data(m * k, 1);
@@ -52,6 +68,25 @@ fn q8(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new("wattserve", &id), &(), |b, _| {
                 b.iter(|| black_box(matmul_q8_0(&x, m, &ours, path, threads)))
             });
+            if let Some(padded) = &padded {
+                let xp = Tensor::cat(
+                    &[
+                        &xt,
+                        &Tensor::zeros((m, padded_k - k), candle_core::DType::F32, &Device::Cpu)
+                            .unwrap(),
+                    ],
+                    1,
+                )
+                .unwrap();
+                group.bench_with_input(BenchmarkId::new("candle-padded", &id), &(), |b, _| {
+                    b.iter(|| black_box(padded.forward(&xp).unwrap()))
+                });
+            }
+            if q8_tiles::vnni_available() {
+                group.bench_with_input(BenchmarkId::new("wattserve-tiles", &id), &(), |b, _| {
+                    b.iter(|| black_box(q8_tiles::matmul(&x, m, &tiles, &on_candle_pool)))
+                });
+            }
         }
     }
     group.finish();

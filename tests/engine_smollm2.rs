@@ -171,6 +171,36 @@ fn greedy_q4_1_reproduces_candle_quantized_llama_and_tracks_llama_cpp() {
     );
 }
 
+/// The served default (Q4_1 weights requantized to int8, activations quantized per row in
+/// blocks of 64 by wattserve's VNNI kernel, or Q8_0 where the CPU has no AVX-512 VNNI) is a third numeric path: it must follow
+/// llama.cpp's greedy tokens from the start on every fixture and drift, if at all, only later.
+#[test]
+fn greedy_int8_tracks_llama_cpp() {
+    let Some(m) = load(Precision::Int8) else {
+        return;
+    };
+    let mut report = Vec::new();
+    let mut total = (0, 0);
+    for f in fixtures() {
+        let ours = m.generate_greedy(&f.prompt_token_ids, 32).unwrap();
+        let n = ours.len().min(f.output_token_ids.len());
+        let same = common_prefix(&ours, &f.output_token_ids);
+        report.push(format!("{} {same}/{n}", f.id));
+        total = (total.0 + same, total.1 + n);
+        assert!(
+            same >= 4.min(n),
+            "{}: only {same} tokens agree with llama.cpp",
+            f.id
+        );
+    }
+    eprintln!(
+        "common prefix with llama.cpp (int8, 32 tokens): {} (total {}/{})",
+        report.join(", "),
+        total.0,
+        total.1
+    );
+}
+
 /// Steps a batch where sequences join at different steps (prompts of different lengths, one of
 /// them prefilled in two chunks) and checks every sequence's greedy tokens equal decoding it alone.
 #[test]
@@ -264,7 +294,7 @@ fn precisions_load_and_report_sizes() {
     let (Some(q4), Some(q8)) = (load(Precision::Gguf), load(Precision::Int8)) else {
         return;
     };
-    // Q4_1 stores 20 bytes per 32 weights, Q8_0 34: the requantized model is larger.
+    // Q4_1 stores 20 bytes per 32 weights, int8 33 (blocks of 64) or 34 (Q8_0): int8 is larger.
     assert!(q8.model().weight_bytes() > q4.model().weight_bytes());
     assert_eq!(q8.context_len(), 8192);
     let cfg = q8.model().config();

@@ -9,7 +9,7 @@
 pub mod cuda;
 pub mod gemm;
 pub mod q8_0;
-pub mod q8_0_tiles;
+pub mod q8_tiles;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 mod x86;

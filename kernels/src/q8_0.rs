@@ -62,16 +62,6 @@ impl Q8_0Weights {
     pub fn bytes(&self) -> usize {
         self.qs.len() + 4 * self.d.len()
     }
-
-    /// The values, row after row.
-    pub(crate) fn qs(&self) -> &[i8] {
-        &self.qs
-    }
-
-    /// The block scales, row after row.
-    pub(crate) fn scales(&self) -> &[f32] {
-        &self.d
-    }
 }
 
 /// Activations quantized to Q8_0 per row, as candle's `BlockQ8_0::from_float` does.

@@ -11,7 +11,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 use wattserve_kernels::default_threads;
 use wattserve_kernels::q8_0::{matmul_q8_0, Q8Path, Q8_0Weights};
-use wattserve_kernels::q8_0_tiles::{self, Q8_0Tiles};
+use wattserve_kernels::q8_tiles::{self, Q8Tiles};
 
 use super::attention::{attention, Span};
 use super::gguf::GgufFile;
@@ -214,12 +214,12 @@ impl std::fmt::Debug for Llama {
 }
 
 /// The precisions a GGUF decoder can be served at.
-pub const GENERATION_PRECISIONS: &str = "gguf (as stored), int8 (Q8_0) or f32";
+pub const GENERATION_PRECISIONS: &str = "gguf (as stored), int8 or f32";
 
 impl Llama {
     /// Loads the decoder from `file` at `precision`: `gguf` keeps every tensor as stored, `int8`
-    /// requantizes the matmul weights to Q8_0 (blocks of 32 with one f16 scale), `f32`
-    /// dequantizes them.
+    /// requantizes the matmul weights to int8 (blocks of 64 with one f16 scale on CPUs with
+    /// AVX-512 VNNI, else Q8_0: blocks of 32), `f32` dequantizes them.
     pub fn load(
         file: &mut GgufFile,
         precision: Precision,
@@ -465,9 +465,9 @@ enum Projection {
     /// Q8_0 on the CPU through `wattserve-kernels` (CPUs without VNNI): candle's per-row Q8_0
     /// arithmetic, with every weight block shared by a tile of rows.
     Q8(Q8_0Weights),
-    /// Q8_0 through `wattserve-kernels`' AVX-512 VNNI kernel (any K that is a multiple of 32,
-    /// 16-column weight tiles shared by up to 8 rows), on candle's CPU threads.
-    Tiles(Q8_0Tiles),
+    /// int8 in blocks of 64 through `wattserve-kernels`' AVX-512 VNNI kernel (any K that is a
+    /// multiple of 64, 16-column weight tiles shared by up to 8 rows), on candle's CPU threads.
+    Tiles(Q8Tiles),
 }
 
 /// Hands `n` work items to candle's CPU thread pool (the one its own CPU ops use), so that the
@@ -490,8 +490,9 @@ fn candle_q8_0_repack_available() -> bool {
 }
 
 impl Projection {
-    /// The int8 (Q8_0) projection of `parts` stacked along the outputs (Q, K, V as one matmul:
-    /// the input is quantized and read once), with the CPU's fastest Q8_0 kernel.
+    /// The int8 projection of `parts` stacked along the outputs (Q, K, V as one matmul: the
+    /// input is quantized and read once), with the CPU's fastest int8 kernel: blocks of 64 with
+    /// AVX-512 VNNI, else Q8_0 (candle's repacked kernel with AVX-VNNI, ours without).
     fn int8(parts: Vec<QTensor>, device: &Device, bytes: &mut usize) -> Result<Self, EngineError> {
         let dense: Vec<Tensor> = parts
             .iter()
@@ -503,10 +504,9 @@ impl Projection {
             Tensor::cat(&dense, 0)?
         };
         let (n, k) = dense.dims2()?;
-        if device.is_cpu() && q8_0_tiles::vnni_available() {
-            let q = QTensor::quantize(&dense, GgmlDType::Q8_0)?;
-            if let Some(w) = Q8_0Weights::from_ggml_blocks(&q.data()?, n, k) {
-                let tiles = Q8_0Tiles::pack(&w);
+        if device.is_cpu() && q8_tiles::vnni_available() {
+            let values = dense.flatten_all()?.to_vec1::<f32>()?;
+            if let Some(tiles) = Q8Tiles::quantize(&values, n, k) {
                 *bytes += tiles.bytes();
                 return Ok(Projection::Tiles(tiles));
             }
@@ -551,7 +551,7 @@ impl Projection {
         match self {
             Projection::Tiles(w) => {
                 let (rows, data) = input_rows(x, w.k)?;
-                Ok(q8_0_tiles::matmul(&data, rows, w, &on_candle_pool))
+                Ok(q8_tiles::matmul(&data, rows, w, &on_candle_pool))
             }
             _ => to_vec(&self.forward(x)?),
         }
@@ -583,7 +583,7 @@ impl Projection {
             }
             Projection::Tiles(w) => {
                 let (rows, data) = input_rows(x, w.k)?;
-                let y = q8_0_tiles::matmul(&data, rows, w, &on_candle_pool);
+                let y = q8_tiles::matmul(&data, rows, w, &on_candle_pool);
                 Ok(Tensor::from_vec(y, (rows, w.n), x.device())?)
             }
         }

@@ -16,7 +16,8 @@ pub enum Precision {
     /// bfloat16.
     Bf16,
     /// int8 weights and activations. Encoders: per output channel / per row, our kernels.
-    /// GGUF decoders: Q8_0 (blocks of 32), candle's quantized matmul.
+    /// GGUF decoders: blocks of 64 with wattserve's VNNI kernel where the CPU has AVX-512 VNNI,
+    /// else Q8_0 (blocks of 32).
     Int8,
     /// GGUF decoders only: every tensor as stored in the file (e.g. Q4_1).
     Gguf,
