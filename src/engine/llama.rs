@@ -1,7 +1,8 @@
 //! A Llama-architecture decoder (SmolLM2 and its kin) loaded from GGUF, built for continuous
 //! batching: every token carries its own position, every sequence its own KV cache, and one
 //! forward pass runs any mix of prompt chunks and decode tokens from many sequences. The
-//! projections run as ONE matmul over all tokens of the step through candle's quantized module;
+//! projections run as ONE matmul over all tokens of the step (`wattserve-kernels`' int8 kernel,
+//! or candle's quantized module for the other precisions);
 //! RoPE and attention run here, per token against its own sequence's cache (`attention.rs`).
 //!
 //! candle-transformers' `quantized_llama` shares one position and one cache length across the
@@ -771,6 +772,20 @@ mod tests {
         for (a, b) in got.iter().zip(&exact) {
             assert!((a - b).abs() < 0.02 * scale, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn fused_silu_times_up_equals_candles_ops() {
+        let (rows, ffn) = (3, 40);
+        let y: Vec<f32> = (0..rows * 2 * ffn)
+            .map(|i| (i as f32 * 0.73).sin() * 6.0)
+            .collect();
+        let t = Tensor::from_vec(y.clone(), (rows, 2 * ffn), &Device::Cpu).unwrap();
+        let gate = t.narrow(1, 0, ffn).unwrap();
+        let up = t.narrow(1, ffn, ffn).unwrap();
+        let want = (candle_nn::ops::silu(&gate).unwrap() * up).unwrap();
+        let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(silu_times_up(&y, ffn), want);
     }
 
     #[test]
