@@ -89,10 +89,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if config.runtime.threads > 0 {
-        // candle's CPU kernels size their pool from this variable; set before any pool exists.
-        std::env::set_var("RAYON_NUM_THREADS", config.runtime.threads.to_string());
-    }
+    set_compute_threads(config.runtime.threads);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -121,9 +118,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 fn bench(args: &wattserve::bench::BenchArgs) -> ExitCode {
-    if let Some(t) = args.threads {
-        set_compute_threads(t);
-    }
+    set_compute_threads(args.threads.unwrap_or(0));
     let Some(runtime) = runtime() else {
         return ExitCode::FAILURE;
     };
@@ -155,12 +150,17 @@ fn bench(args: &wattserve::bench::BenchArgs) -> ExitCode {
     }
 }
 
-/// candle's CPU kernels size their pool from `RAYON_NUM_THREADS`; set it before any pool exists
-/// (0 leaves the default: one thread per core).
+/// candle's CPU kernels size their pools from `RAYON_NUM_THREADS`; set it before any pool or
+/// other thread exists. 0 means candle's default (one thread per physical core), written out
+/// all the same: without the variable, candle's CPU matmul re-counts the cores by reading
+/// `/proc/cpuinfo` on every call (thousands of reads per second under load).
 fn set_compute_threads(threads: usize) {
-    if threads > 0 {
-        std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    }
+    let threads = if threads > 0 {
+        threads
+    } else {
+        candle_core::utils::get_num_threads()
+    };
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
