@@ -1,50 +1,14 @@
 //! `/v1/chat/completions` and `/v1/completions` over real HTTP with the real SmolLM2 GGUF:
 //! greedy output equals the engine's, streams equal non-streams, stop strings, usage and energy,
-//! errors, and a client that disconnects cancels its sequence.
+//! and errors. (A client that disconnects: `http_generation_cancel.rs`.)
 
 mod common;
-
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use wattserve::engine::generation_model::{GenerationLoadOptions, GenerationModel};
 use wattserve::engine::{DeviceSpec, Precision};
 
-fn available() -> bool {
-    let ok = common::models_dir()
-        .join("smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf")
-        .is_file()
-        && common::minilm_available();
-    if !ok {
-        eprintln!("SKIPPED: models missing; run models/fetch.sh (make test does)");
-    }
-    ok
-}
-
-async fn server() -> common::TestServer {
-    common::TestServer::start(|c| {
-        c.server.models = vec!["smollm2".into(), "minilm".into()];
-    })
-    .await
-}
-
-async fn post(
-    s: &common::TestServer,
-    path: &str,
-    body: Value,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let resp = reqwest::Client::new()
-        .post(s.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let text = resp.text().await.unwrap();
-    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, headers, v)
-}
+use common::{post_json as post, smollm2_available as available, smollm2_server as server};
 
 /// Reads an SSE body to the end: the JSON of every `data:` line, and whether `[DONE]` came last.
 fn sse_events(body: &str) -> (Vec<Value>, bool) {
@@ -286,53 +250,4 @@ async fn a_prompt_longer_than_the_context_is_rejected_naming_the_limit() {
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["usage"]["total_tokens"], 32);
     assert_eq!(v["choices"][0]["finish_reason"], "length");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_disconnects_stops_its_generation() {
-    if !available() {
-        return;
-    }
-    let s = server().await;
-    let completion_tokens =
-        |text: &str| common::metric_sum(text, "wattserve_tokens_total", "kind=\"completion\"");
-    let metrics = || async {
-        reqwest::get(s.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let mut resp = reqwest::Client::new()
-        .post(s.url("/v1/completions"))
-        .json(
-            &json!({"model": "smollm2", "prompt": "Tell a long story:", "max_tokens": 4000,
-                      "temperature": 0, "stream": true}),
-        )
-        .send()
-        .await
-        .unwrap();
-    // Read a few chunks, then hang up.
-    for _ in 0..3 {
-        resp.chunk().await.unwrap().unwrap();
-    }
-    drop(resp);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = completion_tokens(&metrics().await);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let after = completion_tokens(&metrics().await);
-    assert_eq!(before, after, "generation went on after the client left");
-    assert!(
-        before < 200.0,
-        "{before} tokens generated for a client that left"
-    );
-    // The model still serves.
-    let (status, _, _) = post(
-        &s,
-        "/v1/completions",
-        json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 2}),
-    )
-    .await;
-    assert_eq!(status, 200);
 }

@@ -160,3 +160,44 @@ pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// True when the SmolLM2 GGUF (and minilm, which the generation tests' server also loads) is
+/// present; otherwise prints why the test is skipped.
+pub fn smollm2_available() -> bool {
+    let ok = models_dir()
+        .join("smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf")
+        .is_file()
+        && minilm_available();
+    if !ok {
+        eprintln!("SKIPPED: models missing; run models/fetch.sh (make test does)");
+    }
+    ok
+}
+
+/// A server with `smollm2` and `minilm`.
+pub async fn smollm2_server() -> TestServer {
+    TestServer::start(|c| {
+        c.server.models = vec!["smollm2".into(), "minilm".into()];
+    })
+    .await
+}
+
+/// POSTs `body` as JSON to `path`: status, headers, and the body as JSON (or as a JSON string
+/// when it is not JSON).
+pub async fn post_json(
+    s: &TestServer,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(s.url(path))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, headers, v)
+}
