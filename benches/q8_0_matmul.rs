@@ -10,14 +10,10 @@ use std::hint::black_box;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wattserve::engine::cpu_pool;
 use wattserve_kernels::default_threads;
 use wattserve_kernels::q8_0::{matmul_q8_0, Q8Path, Q8_0Weights};
 use wattserve_kernels::q8_tiles::{self, Q8Tiles};
-
-/// candle's CPU pool, as the engine hands it to the tile kernel.
-fn on_candle_pool(n: usize, f: &(dyn Fn(usize) + Sync)) {
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(f));
-}
 
 /// (K, N): attention q/o, k/v, FFN gate/up, FFN down, output head.
 const SHAPES: [(usize, usize); 5] = [
@@ -84,7 +80,7 @@ fn q8(c: &mut Criterion) {
             }
             if q8_tiles::vnni_available() {
                 group.bench_with_input(BenchmarkId::new("wattserve-tiles", &id), &(), |b, _| {
-                    b.iter(|| black_box(q8_tiles::matmul(&x, m, &tiles, &on_candle_pool)))
+                    b.iter(|| black_box(q8_tiles::matmul(&x, m, &tiles, &cpu_pool::run)))
                 });
             }
         }

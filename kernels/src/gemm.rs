@@ -285,17 +285,7 @@ mod tests {
     use super::*;
     use crate::reference::gemm_i8_reference;
 
-    fn data(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(2654435761).max(1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_data::values as data;
 
     #[test]
     fn scalar_packed_path_equals_the_unpacked_reference() {

@@ -22,3 +22,20 @@ pub use reference::{gemm_i8_reference, quantize_rows, QuantizedRows};
 pub fn default_threads() -> usize {
     rayon::current_num_threads()
 }
+
+/// Deterministic pseudo-random values for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) mod test_data {
+    /// `len` values in [-1, 1] from a xorshift generator seeded by `seed`.
+    pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).max(1);
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+}

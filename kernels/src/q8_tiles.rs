@@ -393,23 +393,12 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_data::values;
     use proptest::prelude::*;
 
     fn rayon_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
         use rayon::prelude::*;
         (0..n).into_par_iter().for_each(f)
-    }
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut s = Ord::max(seed.wrapping_mul(2_654_435_761), 1);
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 17;
-                s ^= s << 5;
-                (s % 20_001) as f32 / 10_000.0 - 1.0
-            })
-            .collect()
     }
 
     #[test]

@@ -14,10 +14,9 @@
 //! matmuls, so the two never compete for the cores (rayon's pool would, while the barrier
 //! pool's workers spin).
 
-use std::sync::Mutex;
-
 use candle_core::cpu::kernels::VecOps;
 
+use super::cpu_pool;
 use super::llama::LlamaConfig;
 use super::EngineError;
 
@@ -52,42 +51,21 @@ pub(crate) fn attention(
         )));
     }
     let mut out = vec![0f32; q.len()];
-    // One output slice per sequence, each behind an (uncontended) lock so that the pool's
-    // threads can fill them in any order.
-    let mut slots = Vec::with_capacity(spans.len());
-    let mut rest = out.as_mut_slice();
-    for span in spans {
-        let (mine, tail) = rest.split_at_mut((span.tokens * q_dim).min(rest.len()));
-        slots.push(Mutex::new(mine));
-        rest = tail;
-    }
-    let failure: Mutex<Option<EngineError>> = Mutex::new(None);
-    let run = |i: usize| {
-        let span = spans[i];
-        let (keys, values) = caches[i];
-        let Some(rows) = q.get(span.row * q_dim..(span.row + span.tokens) * q_dim) else {
-            return Err(EngineError::Unsupported(
-                "attention: a span lies outside the query rows".into(),
-            ));
-        };
-        let mut slot = slots[i].lock().unwrap_or_else(|p| p.into_inner());
-        sequence_attention(cfg, rows, span, keys, values, &mut slot)
-    };
-    candle_core::utils::barrier_pool().execute_chunked(spans.len(), |range| {
-        for i in range {
-            if let Err(e) = run(i) {
-                failure
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get_or_insert(e);
-            }
-        }
-    });
-    drop(slots);
-    match failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
+    cpu_pool::fill_chunks(
+        &mut out,
+        spans.iter().map(|s| s.tokens * q_dim),
+        |i, out| {
+            let span = spans[i];
+            let (keys, values) = caches[i];
+            let Some(rows) = q.get(span.row * q_dim..(span.row + span.tokens) * q_dim) else {
+                return Err(EngineError::Unsupported(
+                    "attention: a span lies outside the query rows".into(),
+                ));
+            };
+            sequence_attention(cfg, rows, span, keys, values, out)
+        },
+    )?;
+    Ok(out)
 }
 
 /// [`attention`] for one sequence: `q` holds its `span.tokens` rows, `out` receives them.
@@ -103,88 +81,99 @@ fn sequence_attention(
     let len = span.start + t;
     let group = heads / cfg.n_kv_head;
     let scale = (1.0 / (d as f64).sqrt()) as f32;
-    let key_rows = Strided {
-        data: keys,
-        row: 1,
-        col: kv_dim,
+    let cache = Cache {
+        keys: Strided {
+            data: keys,
+            row: 1,
+            col: kv_dim,
+        },
+        values: Strided {
+            data: values,
+            row: kv_dim,
+            col: 1,
+        },
+        len,
     };
+    // Rows of one matmul: the query heads of a key/value head (decode), or the tokens (prompt).
+    let mut scores = vec![0f32; if t == 1 { group } else { t } * len];
     if t == 1 {
         // One new token: the query heads sharing a key/value head are the rows of one matmul
         // (as candle's `(1, n_kv, group, d) × (1, n_kv, d, len)`).
-        let mut scores = vec![0f32; group * len];
         for kv in 0..cfg.n_kv_head {
-            let off = kv * d;
-            let q_rows = Strided {
+            let rows = Strided {
                 data: &q[kv * group * d..],
                 row: d,
                 col: 1,
             };
-            matmul(
+            let out = &mut out[kv * group * d..];
+            head_attention(
+                rows,
+                group,
+                &cache,
+                kv * d,
+                d,
+                scale,
+                None,
                 &mut scores,
-                len,
-                q_rows,
-                key_rows.shifted(off)?,
-                group,
-                len,
+                out,
                 d,
-            )?;
-            scale_and_softmax(&mut scores, len, scale, None);
-            let v = Strided {
-                data: values,
-                row: kv_dim,
-                col: 1,
-            };
-            let att = Strided {
-                data: &scores,
-                row: len,
-                col: 1,
-            };
-            matmul(
-                &mut out[kv * group * d..],
-                d,
-                att,
-                v.shifted(off)?,
-                group,
-                d,
-                len,
             )?;
         }
-        return Ok(());
-    }
-    // A prompt chunk: one matmul per query head over the chunk's tokens (as candle's
-    // `(1, n_head, t, d) × (1, n_head, d, len)` after repeating the key/value heads).
-    let mut scores = vec![0f32; t * len];
-    let row_stride = heads * d;
-    for head in 0..heads {
-        let off = (head / group) * d;
-        let q_rows = Strided {
-            data: &q[head * d..],
-            row: row_stride,
-            col: 1,
-        };
-        matmul(&mut scores, len, q_rows, key_rows.shifted(off)?, t, len, d)?;
-        scale_and_softmax(&mut scores, len, scale, Some(span.start));
-        let v = Strided {
-            data: values,
-            row: kv_dim,
-            col: 1,
-        };
-        let att = Strided {
-            data: &scores,
-            row: len,
-            col: 1,
-        };
-        matmul(
-            &mut out[head * d..],
-            row_stride,
-            att,
-            v.shifted(off)?,
-            t,
-            d,
-            len,
-        )?;
+    } else {
+        // A prompt chunk: one matmul per query head over the chunk's tokens (as candle's
+        // `(1, n_head, t, d) × (1, n_head, d, len)` after repeating the key/value heads).
+        let row_stride = heads * d;
+        for head in 0..heads {
+            let rows = Strided {
+                data: &q[head * d..],
+                row: row_stride,
+                col: 1,
+            };
+            let off = (head / group) * d;
+            let causal = Some(span.start);
+            let out = &mut out[head * d..];
+            let scores = &mut scores;
+            head_attention(
+                rows, t, &cache, off, d, scale, causal, scores, out, row_stride,
+            )?;
+        }
     }
     Ok(())
+}
+
+/// One sequence's cache as matmul operands: `keys` as `Kᵀ` (`head_dim × len`), `values` as `V`
+/// (`len × kv_dim`), both before the offset of a key/value head.
+struct Cache<'a> {
+    keys: Strided<'a>,
+    values: Strided<'a>,
+    len: usize,
+}
+
+/// `softmax(q·kᵀ · scale [masked]) · v` for `rows` query rows against the key/value head at
+/// offset `off` of `cache`, written to `out` (rows `out_row` apart); `scores` (`rows × len`) is
+/// scratch.
+#[allow(clippy::too_many_arguments)] // the shapes and strides of one matmul pair
+fn head_attention(
+    q: Strided<'_>,
+    rows: usize,
+    cache: &Cache<'_>,
+    off: usize,
+    d: usize,
+    scale: f32,
+    causal_from: Option<usize>,
+    scores: &mut [f32],
+    out: &mut [f32],
+    out_row: usize,
+) -> Result<(), EngineError> {
+    let len = cache.len;
+    matmul(scores, len, q, cache.keys.shifted(off)?, rows, len, d)?;
+    scale_and_softmax(scores, len, scale, causal_from);
+    let att = Strided {
+        data: scores,
+        row: len,
+        col: 1,
+    };
+    matmul(out, out_row, att, cache.values.shifted(off)?, rows, d, len)
 }
 
 /// Scales each `len`-wide row of `scores` by `scale`, masks (with `Some(start)`, row `i` sees
@@ -397,21 +386,7 @@ mod tests {
         Ok(Tensor::from_vec(data, (1, cfg.n_head, len, d), device)?)
     }
 
-    fn cfg() -> LlamaConfig {
-        LlamaConfig {
-            n_layer: 1,
-            d_model: 8,
-            n_head: 2,
-            n_kv_head: 1,
-            head_dim: 4,
-            ffn_dim: 16,
-            rope_base: 10_000.0,
-            rope_dim: 4,
-            rms_eps: 1e-5,
-            context_len: 16,
-            vocab_size: 10,
-        }
-    }
+    use crate::engine::llama::tests_support::tiny_config as cfg;
 
     #[test]
     fn attention_of_a_single_visible_key_returns_its_value() {

@@ -15,6 +15,7 @@ use wattserve_kernels::q8_0::{matmul_q8_0, Q8Path, Q8_0Weights};
 use wattserve_kernels::q8_tiles::{self, Q8Tiles};
 
 use super::attention::{attention, Span};
+use super::cpu_pool;
 use super::gguf::GgufFile;
 use super::{EngineError, Precision};
 
@@ -471,12 +472,6 @@ enum Projection {
     Tiles(Q8Tiles),
 }
 
-/// Hands `n` work items to candle's CPU thread pool (the one its own CPU ops use), so that the
-/// decoder's matmuls and attention never compete with a second pool for the cores.
-fn on_candle_pool(n: usize, f: &(dyn Fn(usize) + Sync)) {
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(f));
-}
-
 /// Whether candle's repacked Q8_0 kernel runs on this CPU (it needs VNNI).
 fn candle_q8_0_repack_available() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -552,7 +547,7 @@ impl Projection {
         match self {
             Projection::Tiles(w) => {
                 let (rows, data) = input_rows(x, w.k)?;
-                Ok(q8_tiles::matmul(&data, rows, w, &on_candle_pool))
+                Ok(q8_tiles::matmul(&data, rows, w, &cpu_pool::run))
             }
             _ => to_vec(&self.forward(x)?),
         }
@@ -583,9 +578,12 @@ impl Projection {
                 Ok(Tensor::from_vec(y, (rows, w.n), x.device())?)
             }
             Projection::Tiles(w) => {
-                let (rows, data) = input_rows(x, w.k)?;
-                let y = q8_tiles::matmul(&data, rows, w, &on_candle_pool);
-                Ok(Tensor::from_vec(y, (rows, w.n), x.device())?)
+                let rows = x.dims2()?.0;
+                Ok(Tensor::from_vec(
+                    self.forward_vec(x)?,
+                    (rows, w.n),
+                    x.device(),
+                )?)
             }
         }
     }
@@ -607,18 +605,15 @@ fn input_rows(x: &Tensor, k: usize) -> Result<(usize, Vec<f32>), EngineError> {
 fn silu_times_up(gate_up: &[f32], ffn: usize) -> Vec<f32> {
     let rows = gate_up.len() / (2 * ffn).max(1);
     let mut out = vec![0f32; rows * ffn];
-    let slots: Vec<std::sync::Mutex<&mut [f32]>> = out
-        .chunks_mut(ffn.max(1))
-        .map(std::sync::Mutex::new)
-        .collect();
-    on_candle_pool(rows, &|r| {
-        let (gate, up) = gate_up[r * 2 * ffn..(r + 1) * 2 * ffn].split_at(ffn);
-        let mut row = slots[r].lock().unwrap_or_else(|p| p.into_inner());
-        for ((o, &g), &u) in row.iter_mut().zip(gate).zip(up) {
-            *o = g / (1.0 + (-g).exp()) * u;
-        }
-    });
-    drop(slots);
+    let filled: Result<(), std::convert::Infallible> =
+        cpu_pool::fill_chunks(&mut out, (0..rows).map(|_| ffn), |r, row| {
+            let (gate, up) = gate_up[r * 2 * ffn..(r + 1) * 2 * ffn].split_at(ffn);
+            for ((o, &g), &u) in row.iter_mut().zip(gate).zip(up) {
+                *o = g / (1.0 + (-g).exp()) * u;
+            }
+            Ok(())
+        });
+    let Ok(()) = filled;
     out
 }
 
@@ -711,11 +706,13 @@ fn to_vec(t: &Tensor) -> Result<Vec<f32>, EngineError> {
     Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// Configurations for unit tests of the decoder's parts.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod tests_support {
+    use super::LlamaConfig;
 
-    fn cfg() -> LlamaConfig {
+    /// A one-layer decoder of width 8: two query heads of 4 sharing one key/value head.
+    pub(crate) fn tiny_config() -> LlamaConfig {
         LlamaConfig {
             n_layer: 1,
             d_model: 8,
@@ -730,6 +727,13 @@ mod tests {
             vocab_size: 10,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::tests_support::tiny_config as cfg;
 
     #[test]
     fn int8_projections_track_f32_and_the_q8_kernel_matches_candle_bit_for_bit() {

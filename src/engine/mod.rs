@@ -8,6 +8,7 @@ pub mod activation;
 pub(crate) mod attention;
 pub mod bert;
 pub mod chat_template;
+pub mod cpu_pool;
 pub mod device;
 pub mod embedding_model;
 pub mod generation_model;
