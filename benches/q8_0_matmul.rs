@@ -1,9 +1,10 @@
 //! Q8_0 matmuls for the decoder at SmolLM2's shapes and the row counts of decoding 1, 4 and 16
-//! sequences: candle's `QMatMul` (per row, or its repacked VNNI kernel when K is a multiple of
+//! sequences and of a 64-token prompt chunk: candle's `QMatMul` (per row, or its repacked VNNI kernel when K is a multiple of
 //! 256), candle's repacked kernel on inputs zero-padded to a multiple of 256 (`candle-padded`,
 //! what the engine used before), wattserve's portable-SIMD Q8_0 kernel (`wattserve`, CPUs
-//! without VNNI) and wattserve's VNNI tile kernel (`wattserve-tiles`: int8 in blocks of 64, the engine's default
-//! where the CPU has AVX-512 VNNI). `cargo bench --bench q8_0_matmul`; GOP/s as elements/s.
+//! without VNNI) and wattserve's tile kernels (int8 in blocks of 64, the engine's default where
+//! the CPU has AMX or AVX-512 VNNI: `wattserve-tiles-amx`, `wattserve-tiles-avx512-vnni`).
+//! `cargo bench --bench q8_0_matmul`; GOP/s as elements/s.
 
 use std::hint::black_box;
 
@@ -13,7 +14,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use wattserve::engine::cpu_pool;
 use wattserve_kernels::default_threads;
 use wattserve_kernels::q8_0::{matmul_q8_0, Q8Path, Q8_0Weights};
-use wattserve_kernels::q8_tiles::{self, Q8Tiles};
+use wattserve_kernels::q8_tiles::{self, Kernel, Q8Tiles};
 
 /// (K, N): attention q/o, k/v, FFN gate/up, FFN down, output head.
 const SHAPES: [(usize, usize); 5] = [
@@ -53,7 +54,7 @@ fn q8(c: &mut Criterion) {
             let wp = Tensor::cat(&[&w, &zeros.unwrap()], 1).unwrap();
             QMatMul::from_qtensor(QTensor::quantize(&wp, GgmlDType::Q8_0).unwrap()).unwrap()
         });
-        for m in [1usize, 4, 16] {
+        for m in [1usize, 4, 16, 64] {
             group.throughput(Throughput::Elements((2 * m * k * n) as u64));
             let x = data(m * k, 1);
             let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).unwrap();
@@ -78,9 +79,15 @@ fn q8(c: &mut Criterion) {
                     b.iter(|| black_box(padded.forward(&xp).unwrap()))
                 });
             }
-            if q8_tiles::vnni_available() {
-                group.bench_with_input(BenchmarkId::new("wattserve-tiles", &id), &(), |b, _| {
-                    b.iter(|| black_box(q8_tiles::matmul(&x, m, &tiles, &cpu_pool::run)))
+            for kernel in [Kernel::Amx, Kernel::Vnni] {
+                if !kernel.available() {
+                    continue;
+                }
+                let name = format!("wattserve-tiles-{}", kernel.name());
+                group.bench_with_input(BenchmarkId::new(name, &id), &(), |b, _| {
+                    b.iter(|| {
+                        black_box(q8_tiles::matmul_with(kernel, &x, m, &tiles, &cpu_pool::run))
+                    })
                 });
             }
         }

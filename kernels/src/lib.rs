@@ -5,6 +5,7 @@
 //! arithmetic; [`gemm`] packs weights once and runs it with AVX-512 VNNI, AVX2 or scalar code,
 //! chosen at run time, all bit-identical.
 
+pub mod amx;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod gemm;

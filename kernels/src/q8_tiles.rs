@@ -1,15 +1,21 @@
-//! int8 matmul for decoders on AVX-512 VNNI: `y = x Wᵀ` with `W` quantized at load in blocks of
-//! 64 values per output column (one f16 scale each) and packed into tiles of 16 output columns,
-//! and `x` quantized per row in blocks of 64 at call time.
+//! int8 matmul for decoders on AMX or AVX-512 VNNI: `y = x Wᵀ` with `W` quantized at load in
+//! blocks of 64 values per output column (one f16 scale each) and packed into tiles of 16 output
+//! columns, and `x` quantized per row in blocks of 64 at call time.
 //!
 //! Why not candle's repacked Q8_0 kernel: it quantizes activations in blocks of 256 (so inputs of
 //! 576 must be zero-padded to 768: a third more work), it shares each weight tile among at most 4
 //! rows (decoding 16 sequences reads the weights 4 times), and its activation quantizer is
 //! scalar. Why blocks of 64 and not Q8_0's 32: every block costs a float epilogue per row (convert
 //! the exact integer sum, scale, accumulate) beside its dot products; with 64 values per block
-//! there are twice the dot products per epilogue (measured on this kernel: +20–35% at 16 rows).
-//! Activations in blocks of 64 are still 4× finer than candle's blocks of 256; weights requantized
-//! from a 4-bit GGUF lose nothing that matters (the int8 step is a few percent of a 4-bit step).
+//! there are twice the dot products per epilogue (measured on this kernel: +20–35% at 16 rows),
+//! and a block is exactly one AMX tile row. Activations in blocks of 64 are still 4× finer than
+//! candle's blocks of 256; weights requantized from a 4-bit GGUF lose nothing that matters (the
+//! int8 step is a few percent of a 4-bit step).
+//!
+//! The packed tile block is the layout AMX reads as its right-hand tile (16 rows of 4 k-values ×
+//! 16 columns), so [`Kernel::Amx`] multiplies up to 16 rows by a weight block in one `tdpbssd`;
+//! [`Kernel::Vnni`] broadcasts 4 activation bytes per `vpdpbusd` over the same bytes, up to 8 rows
+//! per weight load.
 //!
 //! The arithmetic, which [`matmul_reference`] states in plain code and every path reproduces bit
 //! for bit: per block `b` of 64, `q = round_half_even(v / d)` with `d = max|v| / 127` (weights
@@ -18,27 +24,33 @@
 //! from 0. Each row's outputs are independent of the other rows of the call (tested), so
 //! batching never changes a sequence's tokens.
 
+use crate::amx;
+
 /// Values per quantization block (weights and activations).
 pub const BLOCK: usize = 64;
 /// Output columns per tile: one AVX-512 register of i32/f32 lanes.
 pub const TILE_N: usize = 16;
-/// Rows that share one pass over a weight tile.
-const MAX_ROWS: usize = 8;
+/// Rows that share one pass over a weight tile in the VNNI kernel (register budget).
+const VNNI_ROWS: usize = 8;
+/// Rows of one AMX tile.
+const AMX_ROWS: usize = 16;
+/// Fewest rows for which [`matmul`] uses AMX rather than VNNI.
+pub const AMX_MIN_ROWS: usize = 12;
 /// Bytes of one tile's block: 16 groups of 4 k-values × 16 columns.
 const TILE_BLOCK: usize = BLOCK * TILE_N;
 
 /// Weights quantized and packed for [`matmul`]: per tile of 16 columns and block of 64 k-values,
-/// the values as `q + 128` (u8, so that VNNI's unsigned × signed product applies), grouped by 4
-/// k-values so that one register holds 4 values of all 16 columns, and the 16 f16 scales.
+/// the values grouped by 4 k-values so that one register (or AMX tile row) holds 4 values of all
+/// 16 columns, and the 16 f16 scales.
 #[derive(Debug, Clone)]
 pub struct Q8Tiles {
     /// Output channels.
     pub n: usize,
     /// Inner dimension (a multiple of 64).
     pub k: usize,
-    /// `tiles × blocks × 1024` bytes: byte `(g·16 + c)·4 + i` of a tile block is
-    /// `q[16t + c][64b + 4g + i] + 128` (padding columns past `n` hold weights of 0).
-    qs: Vec<u8>,
+    /// `tiles × blocks × 1024` values: value `(g·16 + c)·4 + i` of a tile block is
+    /// `q[16t + c][64b + 4g + i]` (padding columns past `n` hold weights of 0).
+    qs: Vec<i8>,
     /// `tiles × blocks × 16` f16 scales (0 for padding columns).
     d: Vec<half::f16>,
 }
@@ -53,7 +65,7 @@ impl Q8Tiles {
         let q = Q8Blocks::quantize_portable(w, k);
         let nb = k / BLOCK;
         let tiles = n.div_ceil(TILE_N);
-        let mut qs = vec![128u8; tiles * nb * TILE_BLOCK];
+        let mut qs = vec![0i8; tiles * nb * TILE_BLOCK];
         let mut d = vec![half::f16::ZERO; tiles * nb * TILE_N];
         for col in 0..n {
             let (t, c) = (col / TILE_N, col % TILE_N);
@@ -62,7 +74,7 @@ impl Q8Tiles {
                 let base = (t * nb + b) * TILE_BLOCK;
                 for (j, &v) in block.iter().enumerate() {
                     let (g, i) = (j / 4, j % 4);
-                    qs[base + (g * TILE_N + c) * 4 + i] = (v as i16 + 128) as u8;
+                    qs[base + (g * TILE_N + c) * 4 + i] = v;
                 }
                 d[(t * nb + b) * TILE_N + c] = half::f16::from_f32(q.d[col * nb + b]);
             }
@@ -80,8 +92,9 @@ impl Q8Tiles {
     }
 }
 
-/// Rows quantized in blocks of 64: values, scales, and `128 · Σ q` per block (what the `+128` of
-/// the packed weights adds to each block's dot product).
+/// Rows quantized in blocks of 64: values, scales, and `128 · Σ q` per block (what the VNNI
+/// kernel's `+128` on the weights, which makes them the unsigned operand, adds to each block's
+/// dot product).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Q8Blocks {
     qs: Vec<i8>,
@@ -132,8 +145,60 @@ impl Q8Blocks {
     }
 }
 
-/// Whether [`matmul`] runs its AVX-512 VNNI code on this CPU (else the portable code, which is
-/// slow: callers should prefer another kernel there).
+/// Which code runs a [`matmul`]: every kernel gives the same bits; they differ in speed only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// AMX tiles: up to 16 rows × 16 columns × 64 k-values per instruction (Sapphire Rapids+).
+    Amx,
+    /// AVX-512 VNNI: up to 8 rows per pass over a weight tile.
+    Vnni,
+    /// Plain code: slow, for CPUs without either (callers should prefer another kernel there).
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU and OS allow (AMX unless [`amx::DISABLE_ENV`] is set).
+    pub fn detect() -> Self {
+        if Kernel::Amx.available() {
+            Kernel::Amx
+        } else if Kernel::Vnni.available() {
+            Kernel::Vnni
+        } else {
+            Kernel::Portable
+        }
+    }
+
+    /// The kernel for a call with `m` rows: AMX from [`AMX_MIN_ROWS`] rows, where its tiles are
+    /// full enough to pay for their loads and stores; below, VNNI (`cargo bench --bench
+    /// q8_0_matmul` on a 2-vCPU Sapphire Rapids guest: VNNI 1.3–2× faster at 1 and 4 rows, AMX up
+    /// to 1.8× faster at 16).
+    pub fn for_rows(m: usize) -> Self {
+        match Self::detect() {
+            Kernel::Amx if m < AMX_MIN_ROWS && Kernel::Vnni.available() => Kernel::Vnni,
+            kernel => kernel,
+        }
+    }
+
+    /// Whether this kernel can run here.
+    pub fn available(self) -> bool {
+        match self {
+            Kernel::Amx => amx::available(),
+            Kernel::Vnni => vnni_available(),
+            Kernel::Portable => true,
+        }
+    }
+
+    /// Name for logs and benchmark ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Amx => "amx",
+            Kernel::Vnni => "avx512-vnni",
+            Kernel::Portable => "portable",
+        }
+    }
+}
+
+/// Whether the AVX-512 VNNI kernel runs on this CPU; with AMX or VNNI, [`matmul`] is fast.
 pub fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -160,17 +225,33 @@ pub fn serial(n: usize, f: &(dyn Fn(usize) + Sync)) {
     (0..n).for_each(f)
 }
 
-/// `y (m × n) = x (m × k) · Wᵀ`; work items (a run of tiles for all rows, 8 rows at a time) go
-/// to `par`.
+/// `y (m × n) = x (m × k) · Wᵀ` with the fastest kernel here for `m` rows ([`Kernel::for_rows`]).
 pub fn matmul(x: &[f32], m: usize, w: &Q8Tiles, par: ParallelFor<'_>) -> Vec<f32> {
+    matmul_with(Kernel::for_rows(m), x, m, w, par)
+}
+
+/// [`matmul`] with a chosen kernel; work items (a run of tiles for all rows) go to `par`.
+///
+/// # Panics
+/// If `kernel` is not [`Kernel::available`] here, or `x` is not `m × k`.
+pub fn matmul_with(
+    kernel: Kernel,
+    x: &[f32],
+    m: usize,
+    w: &Q8Tiles,
+    par: ParallelFor<'_>,
+) -> Vec<f32> {
     assert_eq!(x.len(), m * w.k, "x must be m × k");
+    assert!(
+        kernel.available(),
+        "int8 kernel {} unavailable",
+        kernel.name()
+    );
     let mut y = vec![0f32; m * w.n];
     if m == 0 || w.n == 0 {
         return y;
     }
     let a = Q8Blocks::quantize(x, w.k);
-    let vnni = vnni_available();
-    let row_groups = m.div_ceil(MAX_ROWS);
     // Items of several tiles (a few per thread keep the threads balanced), tile-major within an
     // item so that a tile stays in cache for all its row groups.
     let tiles = w.tiles();
@@ -179,28 +260,28 @@ pub fn matmul(x: &[f32], m: usize, w: &Q8Tiles, par: ParallelFor<'_>) -> Vec<f32
     let out = SharedOut(y.as_mut_ptr(), y.len());
     par(items, &|item| {
         let t0 = item * tiles_per_item;
-        for t in t0..(t0 + tiles_per_item).min(tiles) {
-            for g in 0..row_groups {
-                let r0 = g * MAX_ROWS;
-                let rows = (m - r0).min(MAX_ROWS);
-                let mut tile = [[0f32; TILE_N]; MAX_ROWS];
-                #[cfg(target_arch = "x86_64")]
-                if vnni {
-                    // SAFETY: VNNI is available (checked); r0 + rows <= m and t < tiles.
-                    unsafe { avx512::tile(&a, r0, rows, w, t, &mut tile) };
-                } else {
-                    tile_portable(&a, r0, rows, w, t, &mut tile);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                {
-                    let _ = vnni;
-                    tile_portable(&a, r0, rows, w, t, &mut tile);
-                }
-                let cols = (w.n - t * TILE_N).min(TILE_N);
-                for (i, row) in tile.iter().enumerate().take(rows) {
-                    // SAFETY: (row r0 + i, columns 16t..16t + cols) is in bounds and written by
-                    // this item only: items own disjoint tiles, and `y` outlives `par`.
-                    unsafe { out.write((r0 + i) * w.n + t * TILE_N, &row[..cols]) };
+        let item_tiles = t0..(t0 + tiles_per_item).min(tiles);
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AMX (with AVX-512) is available (asserted above); the tiles exist.
+            Kernel::Amx => unsafe { amx_kernel::item(&a, m, w, item_tiles, &out) },
+            _ => {
+                for t in item_tiles {
+                    for r0 in (0..m).step_by(VNNI_ROWS) {
+                        let rows = (m - r0).min(VNNI_ROWS);
+                        let mut tile = [[0f32; TILE_N]; AMX_ROWS];
+                        #[cfg(target_arch = "x86_64")]
+                        if kernel == Kernel::Vnni {
+                            // SAFETY: VNNI is available (asserted); r0 + rows <= m, t < tiles.
+                            unsafe { avx512::tile(&a, r0, rows, w, t, &mut tile) };
+                        } else {
+                            tile_portable(&a, r0, rows, w, t, &mut tile);
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        tile_portable(&a, r0, rows, w, t, &mut tile);
+                        // SAFETY: this item alone writes tile `t`, rows r0..r0 + rows.
+                        unsafe { out.write_tile(w, r0, t, &tile[..rows]) };
+                    }
                 }
             }
         }
@@ -211,15 +292,32 @@ pub fn matmul(x: &[f32], m: usize, w: &Q8Tiles, par: ParallelFor<'_>) -> Vec<f32
 /// The output buffer, written by several threads at disjoint places.
 struct SharedOut(*mut f32, usize);
 
-// SAFETY: every writer writes a disjoint range (see `matmul`), and the buffer outlives them.
+// SAFETY: every writer writes a disjoint range (see `matmul_with`), and the buffer outlives them.
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
+    /// Where output value `at` lives (row-major `m × n`).
+    ///
     /// # Safety
-    /// `at + values.len()` must be within the buffer, and no one else may touch that range.
-    unsafe fn write(&self, at: usize, values: &[f32]) {
-        debug_assert!(at + values.len() <= self.1);
-        std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len());
+    /// `at` must be within the buffer; the caller may write there only if no one else does.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn ptr(&self, at: usize) -> *mut f32 {
+        debug_assert!(at < self.1);
+        self.0.add(at)
+    }
+
+    /// Writes the rows of tile `t` (columns `16t..`, cut at `w.n`) for rows `r0..`.
+    ///
+    /// # Safety
+    /// The rows must exist in the `m × n` output, and no one else may touch that range: items
+    /// own disjoint tiles, and `y` outlives `par`.
+    unsafe fn write_tile(&self, w: &Q8Tiles, r0: usize, t: usize, rows: &[[f32; TILE_N]]) {
+        let cols = (w.n - t * TILE_N).min(TILE_N);
+        for (i, row) in rows.iter().enumerate() {
+            let at = (r0 + i) * w.n + t * TILE_N;
+            debug_assert!(at + cols <= self.1);
+            std::ptr::copy_nonoverlapping(row.as_ptr(), self.0.add(at), cols);
+        }
     }
 }
 
@@ -230,7 +328,7 @@ fn tile_portable(
     rows: usize,
     w: &Q8Tiles,
     t: usize,
-    tile: &mut [[f32; TILE_N]; MAX_ROWS],
+    tile: &mut [[f32; TILE_N]; AMX_ROWS],
 ) {
     let (k, nb) = (w.k, w.k / BLOCK);
     for (i, out) in tile.iter_mut().enumerate().take(rows) {
@@ -239,7 +337,7 @@ fn tile_portable(
             let mut acc = 0f32;
             for b in 0..nb {
                 let base = (t * nb + b) * TILE_BLOCK;
-                let mut s = -a.offsets[row * nb + b];
+                let mut s = 0i32;
                 for j in 0..BLOCK {
                     let wv = w.qs[base + ((j / 4) * TILE_N + c) * 4 + j % 4] as i32;
                     s += wv * a.qs[row * k + b * BLOCK + j] as i32;
@@ -279,7 +377,7 @@ pub fn matmul_reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> V
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Q8Blocks, Q8Tiles, BLOCK, MAX_ROWS, TILE_BLOCK, TILE_N};
+    use super::{Q8Blocks, Q8Tiles, AMX_ROWS, BLOCK, TILE_BLOCK, TILE_N};
     use std::arch::x86_64::*;
 
     /// [`Q8Blocks::quantize_portable`] with AVX-512: four registers per block.
@@ -316,7 +414,8 @@ mod avx512 {
     }
 
     /// One 16-column tile for rows `r0..r0 + rows` (`rows <= 8`): each weight register (4
-    /// k-values of 16 columns) is loaded once and used by every row.
+    /// k-values of 16 columns) is loaded once, made unsigned (`q + 128`, one XOR of the sign
+    /// bits) for `vpdpbusd`, and used by every row.
     ///
     /// # Safety
     /// The CPU must support AVX-512F/BW and VNNI; `r0 + rows` rows exist in `a`; `t` is a tile.
@@ -327,7 +426,7 @@ mod avx512 {
         rows: usize,
         w: &Q8Tiles,
         t: usize,
-        out: &mut [[f32; TILE_N]; MAX_ROWS],
+        out: &mut [[f32; TILE_N]; AMX_ROWS],
     ) {
         match rows {
             1 => tile_rows::<1>(a, r0, w, t, out),
@@ -347,10 +446,11 @@ mod avx512 {
         r0: usize,
         w: &Q8Tiles,
         t: usize,
-        out: &mut [[f32; TILE_N]; MAX_ROWS],
+        out: &mut [[f32; TILE_N]; AMX_ROWS],
     ) {
         let (k, nb) = (a.k, a.k / BLOCK);
         let mut acc = [_mm512_setzero_ps(); R];
+        let sign = _mm512_set1_epi8(i8::MIN);
         for b in 0..nb {
             let wq = w.qs.as_ptr().add((t * nb + b) * TILE_BLOCK);
             // Two chains of integer sums per row, so that the dot products of one row never
@@ -362,8 +462,9 @@ mod avx512 {
                 *s = _mm512_set1_epi32(-*a.offsets.get_unchecked((r0 + r) * nb + b));
             }
             for g in (0..BLOCK / 4).step_by(2) {
-                let w0 = _mm512_loadu_si512(wq.add(g * 64) as *const _);
-                let w1 = _mm512_loadu_si512(wq.add(g * 64 + 64) as *const _);
+                let w0 = _mm512_xor_si512(_mm512_loadu_si512(wq.add(g * 64) as *const _), sign);
+                let w1 =
+                    _mm512_xor_si512(_mm512_loadu_si512(wq.add(g * 64 + 64) as *const _), sign);
                 for r in 0..R {
                     let ap = a.qs.as_ptr().add((r0 + r) * k + b * BLOCK + g * 4) as *const i32;
                     s0[r] = _mm512_dpbusd_epi32(s0[r], w0, _mm512_set1_epi32(ap.read_unaligned()));
@@ -386,6 +487,190 @@ mod avx512 {
         }
         for r in 0..R {
             _mm512_storeu_ps(out[r].as_mut_ptr(), acc[r]);
+        }
+    }
+}
+
+/// The AMX kernel: per work item, its 16-row groups then the remaining rows, one tile
+/// configuration each (loading one costs more than a block's product).
+///
+/// Two phases per group of up to 4 column tiles, so that neither waits on the other: the tile
+/// unit computes every block's exact integer sums and stores them (1 KiB per tile and block, in
+/// a per-thread buffer), then AVX-512 runs the float epilogue of each column tile over all its
+/// blocks with the rows' accumulators in registers. (Interleaving them per block left the
+/// epilogue waiting on freshly stored sums: 1.5–2× slower in `cargo bench --bench q8_0_matmul`.)
+#[cfg(target_arch = "x86_64")]
+mod amx_kernel {
+    use super::{Q8Blocks, Q8Tiles, SharedOut, AMX_ROWS, BLOCK, TILE_BLOCK, TILE_N};
+    use crate::amx::{self, TileConfig};
+    use std::arch::asm;
+    use std::arch::x86_64::*;
+    use std::cell::RefCell;
+    use std::ops::Range;
+
+    /// Column tiles multiplied per pass: one activation tile shared by four weight tiles.
+    const GROUP: usize = 4;
+
+    /// One block's exact integer sums as `tilestored` writes them: 16 i32 per row.
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy)]
+    struct Sums([[i32; TILE_N]; AMX_ROWS]);
+
+    thread_local! {
+        /// Each thread's sums of one group: `GROUP × blocks` tiles, reused across calls.
+        static SUMS: RefCell<Vec<Sums>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Tiles `tiles` of the output for all `m` rows.
+    ///
+    /// # Safety
+    /// AMX and AVX-512F/BW must be available; `tiles` must be tiles of `w`, `a` must hold `m`
+    /// rows of `w.k`, and no one else may write these tiles of `out`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn item(
+        a: &Q8Blocks,
+        m: usize,
+        w: &Q8Tiles,
+        tiles: Range<usize>,
+        out: &SharedOut,
+    ) {
+        SUMS.with_borrow_mut(|sums| {
+            sums.resize(GROUP * (w.k / BLOCK), Sums([[0; TILE_N]; AMX_ROWS]));
+            let full = m - m % AMX_ROWS;
+            for (rows, height) in [(0..full, AMX_ROWS), (full..m, m - full)] {
+                if rows.is_empty() {
+                    continue;
+                }
+                configure(height);
+                for t in tiles.clone().step_by(GROUP) {
+                    let n = (tiles.end - t).min(GROUP);
+                    for r0 in rows.clone().step_by(AMX_ROWS) {
+                        products(a, r0, w, t, n, sums);
+                        for j in 0..n {
+                            epilogue(height, a, r0, w, t + j, &sums[j * (w.k / BLOCK)..], out);
+                        }
+                    }
+                }
+            }
+            amx::release();
+        })
+    }
+
+    /// Tiles 0–3: sums (`rows` × 16 i32) of up to 4 column tiles; 4: activations (`rows` × 64
+    /// i8); 5–7: weights (16 groups of 4 k-values × 16 columns).
+    unsafe fn configure(rows: usize) {
+        let r = rows as u8;
+        let (c, w) = ((r, 64), (16, 64));
+        TileConfig::new(&[c, c, c, c, (r, 64), w, w, w]).load();
+    }
+
+    /// The exact integer sums of rows `r0..` (the configured tile rows) with column tiles
+    /// `t..t + n` (`n <= 4`), every block: tile `j`'s block `b` into `sums[j·blocks + b]`.
+    unsafe fn products(
+        a: &Q8Blocks,
+        r0: usize,
+        w: &Q8Tiles,
+        t: usize,
+        n: usize,
+        sums: &mut [Sums],
+    ) {
+        let (k, nb) = (a.k, a.k / BLOCK);
+        let ap = a.qs.as_ptr().add(r0 * k);
+        let s = 64usize;
+        for b in 0..nb {
+            asm!("tileloadd tmm4, [{a} + {k}*1]", a = in(reg) ap.add(b * BLOCK), k = in(reg) k,
+                 options(nostack, readonly));
+            for j in 0..n {
+                let wp = w.qs.as_ptr().add(((t + j) * nb + b) * TILE_BLOCK);
+                match j {
+                    0 => asm!("tilezero tmm0", "tileloadd tmm5, [{w} + {s}*1]",
+                              "tdpbssd tmm0, tmm4, tmm5",
+                              w = in(reg) wp, s = in(reg) s, options(nostack, readonly)),
+                    1 => asm!("tilezero tmm1", "tileloadd tmm6, [{w} + {s}*1]",
+                              "tdpbssd tmm1, tmm4, tmm6",
+                              w = in(reg) wp, s = in(reg) s, options(nostack, readonly)),
+                    2 => asm!("tilezero tmm2", "tileloadd tmm7, [{w} + {s}*1]",
+                              "tdpbssd tmm2, tmm4, tmm7",
+                              w = in(reg) wp, s = in(reg) s, options(nostack, readonly)),
+                    _ => asm!("tilezero tmm3", "tileloadd tmm5, [{w} + {s}*1]",
+                              "tdpbssd tmm3, tmm4, tmm5",
+                              w = in(reg) wp, s = in(reg) s, options(nostack, readonly)),
+                }
+            }
+            for j in 0..n {
+                let c = sums[j * nb + b].0.as_mut_ptr();
+                match j {
+                    0 => asm!("tilestored [{c} + {s}*1], tmm0", c = in(reg) c, s = in(reg) s,
+                              options(nostack)),
+                    1 => asm!("tilestored [{c} + {s}*1], tmm1", c = in(reg) c, s = in(reg) s,
+                              options(nostack)),
+                    2 => asm!("tilestored [{c} + {s}*1], tmm2", c = in(reg) c, s = in(reg) s,
+                              options(nostack)),
+                    _ => asm!("tilestored [{c} + {s}*1], tmm3", c = in(reg) c, s = in(reg) s,
+                              options(nostack)),
+                }
+            }
+        }
+    }
+
+    /// The float epilogue of column tile `t` for `rows` rows from `r0`, from its blocks' sums.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn epilogue(
+        rows: usize,
+        a: &Q8Blocks,
+        r0: usize,
+        w: &Q8Tiles,
+        t: usize,
+        sums: &[Sums],
+        out: &SharedOut,
+    ) {
+        let f = match rows {
+            1 => epilogue_rows::<1>,
+            2 => epilogue_rows::<2>,
+            3 => epilogue_rows::<3>,
+            4 => epilogue_rows::<4>,
+            5 => epilogue_rows::<5>,
+            6 => epilogue_rows::<6>,
+            7 => epilogue_rows::<7>,
+            8 => epilogue_rows::<8>,
+            9 => epilogue_rows::<9>,
+            10 => epilogue_rows::<10>,
+            11 => epilogue_rows::<11>,
+            12 => epilogue_rows::<12>,
+            13 => epilogue_rows::<13>,
+            14 => epilogue_rows::<14>,
+            15 => epilogue_rows::<15>,
+            _ => epilogue_rows::<16>,
+        };
+        f(a, r0, w, t, sums, out)
+    }
+
+    /// [`epilogue`] for `R` rows: `y = Σ_b fma(s_b, d_w · d_x, ·)` in block order, from 0.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn epilogue_rows<const R: usize>(
+        a: &Q8Blocks,
+        r0: usize,
+        w: &Q8Tiles,
+        t: usize,
+        sums: &[Sums],
+        out: &SharedOut,
+    ) {
+        let nb = a.k / BLOCK;
+        let mut acc = [_mm512_setzero_ps(); R];
+        for (b, sum) in sums.iter().enumerate().take(nb) {
+            let dw = _mm512_cvtph_ps(_mm256_loadu_si256(
+                w.d.as_ptr().add((t * nb + b) * TILE_N) as *const __m256i
+            ));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let da = _mm512_set1_ps(*a.d.get_unchecked((r0 + r) * nb + b));
+                let s = _mm512_cvtepi32_ps(_mm512_load_si512(sum.0[r].as_ptr() as *const _));
+                *acc = _mm512_fmadd_ps(s, _mm512_mul_ps(dw, da), *acc);
+            }
+        }
+        let cols = (w.n - t * TILE_N).min(TILE_N);
+        let mask = (1u32 << cols).wrapping_sub(1) as u16;
+        for (r, acc) in acc.into_iter().enumerate() {
+            _mm512_mask_storeu_ps(out.ptr((r0 + r) * w.n + t * TILE_N), mask, acc);
         }
     }
 }
@@ -441,6 +726,17 @@ mod tests {
     }
 
     #[test]
+    fn the_kernel_for_any_row_count_runs_here() {
+        for m in [0, 1, AMX_MIN_ROWS - 1, AMX_MIN_ROWS, 16, 640] {
+            let kernel = Kernel::for_rows(m);
+            assert!(kernel.available(), "{m} rows: {}", kernel.name());
+            if m >= AMX_MIN_ROWS {
+                assert_eq!(kernel, Kernel::detect());
+            }
+        }
+    }
+
+    #[test]
     fn rejects_widths_that_are_not_whole_blocks() {
         assert!(Q8Tiles::quantize(&[0.0; 96], 1, 96).is_none());
         assert!(Q8Tiles::quantize(&[0.0; 64], 2, 64).is_none());
@@ -451,29 +747,28 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
-        /// The fast path, the portable path and the reference give the same bits, whatever the
-        /// pool, and a row's result does not depend on the other rows of the call.
+        /// Every kernel this CPU has, and the reference, give the same bits whatever the pool,
+        /// and a row's result does not depend on the other rows of the call (m up to 35: AMX's
+        /// full 16-row groups and a remainder).
         #[test]
-        fn paths_agree_and_rows_are_independent(
-            m in 1usize..=19, kb in 1usize..=4, n in 1usize..=70, seed in 0u32..1000,
-            x in proptest::collection::vec(-4.0f32..4.0, 19 * 4 * 64),
+        fn kernels_agree_and_rows_are_independent(
+            m in 1usize..=35, kb in 1usize..=4, n in 1usize..=70, seed in 0u32..1000,
+            x in proptest::collection::vec(-4.0f32..4.0, 35 * 4 * 64),
         ) {
             let k = kb * BLOCK;
             let w = values(n * k, seed);
             let tiles = Q8Tiles::quantize(&w, n, k).unwrap();
             let x = &x[..m * k];
             let want = matmul_reference(x, m, &w, n, k);
-            let got = matmul(x, m, &tiles, &rayon_for);
-            prop_assert_eq!(&got, &want);
-            let a = Q8Blocks::quantize(x, k);
-            let mut tile = [[0f32; TILE_N]; MAX_ROWS];
-            tile_portable(&a, 0, m.min(MAX_ROWS), &tiles, 0, &mut tile);
-            for (r, row) in tile.iter().enumerate().take(m.min(MAX_ROWS)) {
-                let cols = n.min(TILE_N);
-                prop_assert_eq!(&row[..cols], &want[r * n..r * n + cols]);
+            for kernel in [Kernel::Amx, Kernel::Vnni, Kernel::Portable] {
+                if !kernel.available() {
+                    continue;
+                }
+                let got = matmul_with(kernel, x, m, &tiles, &rayon_for);
+                prop_assert_eq!(&got, &want, "{}", kernel.name());
+                let last = matmul_with(kernel, &x[(m - 1) * k..], 1, &tiles, &serial);
+                prop_assert_eq!(&last[..], &want[(m - 1) * n..], "{}", kernel.name());
             }
-            let last = matmul(&x[(m - 1) * k..], 1, &tiles, &serial);
-            prop_assert_eq!(&last[..], &want[(m - 1) * n..]);
         }
     }
 }

@@ -290,6 +290,19 @@ impl Llama {
             });
         }
         let (rope_cos, rope_sin) = rope_tables(&cfg);
+        if matches!(output, Projection::Tiles(_)) {
+            let kernel = q8_tiles::Kernel::detect();
+            if kernel == q8_tiles::Kernel::Amx && q8_tiles::Kernel::Vnni.available() {
+                tracing::info!(
+                    "int8 matmuls: AMX tiles from {} rows, AVX-512 VNNI below (set {}=1 for \
+                     VNNI only)",
+                    q8_tiles::AMX_MIN_ROWS,
+                    wattserve_kernels::amx::DISABLE_ENV
+                );
+            } else {
+                tracing::info!("int8 matmuls: {}", kernel.name());
+            }
+        }
         Ok(Self {
             cfg,
             precision,
@@ -467,8 +480,9 @@ enum Projection {
     /// Q8_0 on the CPU through `wattserve-kernels` (CPUs without VNNI): candle's per-row Q8_0
     /// arithmetic, with every weight block shared by a tile of rows.
     Q8(Q8_0Weights),
-    /// int8 in blocks of 64 through `wattserve-kernels`' AVX-512 VNNI kernel (any K that is a
-    /// multiple of 64, 16-column weight tiles shared by up to 8 rows), on candle's CPU threads.
+    /// int8 in blocks of 64 through `wattserve-kernels`' tile kernels (any K that is a multiple
+    /// of 64; 16-column weight tiles shared by up to 16 rows on AMX, 8 on AVX-512 VNNI), on
+    /// candle's CPU threads.
     Tiles(Q8Tiles),
 }
 
@@ -488,7 +502,7 @@ fn candle_q8_0_repack_available() -> bool {
 impl Projection {
     /// The int8 projection of `parts` stacked along the outputs (Q, K, V as one matmul: the
     /// input is quantized and read once), with the CPU's fastest int8 kernel: blocks of 64 with
-    /// AVX-512 VNNI, else Q8_0 (candle's repacked kernel with AVX-VNNI, ours without).
+    /// AMX or AVX-512 VNNI, else Q8_0 (candle's repacked kernel with AVX-VNNI, ours without).
     fn int8(parts: Vec<QTensor>, device: &Device, bytes: &mut usize) -> Result<Self, EngineError> {
         let dense: Vec<Tensor> = parts
             .iter()
@@ -500,7 +514,7 @@ impl Projection {
             Tensor::cat(&dense, 0)?
         };
         let (n, k) = dense.dims2()?;
-        if device.is_cpu() && q8_tiles::vnni_available() {
+        if device.is_cpu() && q8_tiles::Kernel::detect() != q8_tiles::Kernel::Portable {
             let values = dense.flatten_all()?.to_vec1::<f32>()?;
             if let Some(tiles) = Q8Tiles::quantize(&values, n, k) {
                 *bytes += tiles.bytes();
