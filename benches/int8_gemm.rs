@@ -6,23 +6,12 @@ use candle_core::{Device, Tensor};
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use wattserve_kernels::test_data::values as data;
 use wattserve_kernels::{default_threads, linear_i8, Isa, PackedWeights};
 
 /// 32 sequences × 64 tokens.
 const M: usize = 2048;
 const SHAPES: [(usize, usize); 3] = [(384, 384), (384, 1536), (1536, 384)];
-
-fn data(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).max(1);
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s % 2001) as f32 / 1000.0 - 1.0
-        })
-        .collect()
-}
 
 fn gemm(c: &mut Criterion) {
     let mut group = c.benchmark_group("linear");

@@ -15,6 +15,7 @@ use wattserve::engine::cpu_pool;
 use wattserve_kernels::default_threads;
 use wattserve_kernels::q8_0::{matmul_q8_0, Q8Path, Q8_0Weights};
 use wattserve_kernels::q8_tiles::{self, Kernel, Q8Tiles};
+use wattserve_kernels::test_data::values as data;
 
 /// (K, N): attention q/o, k/v, FFN gate/up, FFN down, output head.
 const SHAPES: [(usize, usize); 5] = [
@@ -24,18 +25,6 @@ const SHAPES: [(usize, usize); 5] = [
     (1536, 576),
     (576, 49152),
 ];
-
-fn data(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2654435761).max(1);
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s % 2001) as f32 / 1000.0 - 1.0
-        })
-        .collect()
-}
 
 fn q8(c: &mut Criterion) {
     let mut group = c.benchmark_group("q8_0");

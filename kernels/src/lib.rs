@@ -24,11 +24,11 @@ pub fn default_threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Deterministic pseudo-random values for the kernels' unit tests.
-#[cfg(test)]
-pub(crate) mod test_data {
+/// Deterministic pseudo-random values for the kernels' unit tests and benchmarks (one
+/// generator, so that a bench and a test of the same shape see the same data).
+pub mod test_data {
     /// `len` values in [-1, 1] from a xorshift generator seeded by `seed`.
-    pub(crate) fn values(len: usize, seed: u32) -> Vec<f32> {
+    pub fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut s = seed.wrapping_mul(2654435761).max(1);
         (0..len)
             .map(|_| {

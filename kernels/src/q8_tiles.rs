@@ -198,8 +198,8 @@ impl Kernel {
     }
 }
 
-/// Whether the AVX-512 VNNI kernel runs on this CPU; with AMX or VNNI, [`matmul`] is fast.
-pub fn vnni_available() -> bool {
+/// Whether the AVX-512 VNNI kernel runs on this CPU.
+fn vnni_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         avx512_available() && std::arch::is_x86_feature_detected!("avx512vnni")
@@ -269,7 +269,7 @@ pub fn matmul_with(
                 for t in item_tiles {
                     for r0 in (0..m).step_by(VNNI_ROWS) {
                         let rows = (m - r0).min(VNNI_ROWS);
-                        let mut tile = [[0f32; TILE_N]; AMX_ROWS];
+                        let mut tile = [[0f32; TILE_N]; VNNI_ROWS];
                         #[cfg(target_arch = "x86_64")]
                         if kernel == Kernel::Vnni {
                             // SAFETY: VNNI is available (asserted); r0 + rows <= m, t < tiles.
@@ -328,7 +328,7 @@ fn tile_portable(
     rows: usize,
     w: &Q8Tiles,
     t: usize,
-    tile: &mut [[f32; TILE_N]; AMX_ROWS],
+    tile: &mut [[f32; TILE_N]; VNNI_ROWS],
 ) {
     let (k, nb) = (w.k, w.k / BLOCK);
     for (i, out) in tile.iter_mut().enumerate().take(rows) {
@@ -377,7 +377,7 @@ pub fn matmul_reference(x: &[f32], m: usize, w: &[f32], n: usize, k: usize) -> V
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Q8Blocks, Q8Tiles, AMX_ROWS, BLOCK, TILE_BLOCK, TILE_N};
+    use super::{Q8Blocks, Q8Tiles, BLOCK, TILE_BLOCK, TILE_N, VNNI_ROWS};
     use std::arch::x86_64::*;
 
     /// [`Q8Blocks::quantize_portable`] with AVX-512: four registers per block.
@@ -426,7 +426,7 @@ mod avx512 {
         rows: usize,
         w: &Q8Tiles,
         t: usize,
-        out: &mut [[f32; TILE_N]; AMX_ROWS],
+        out: &mut [[f32; TILE_N]; VNNI_ROWS],
     ) {
         match rows {
             1 => tile_rows::<1>(a, r0, w, t, out),
@@ -446,7 +446,7 @@ mod avx512 {
         r0: usize,
         w: &Q8Tiles,
         t: usize,
-        out: &mut [[f32; TILE_N]; AMX_ROWS],
+        out: &mut [[f32; TILE_N]; VNNI_ROWS],
     ) {
         let (k, nb) = (a.k, a.k / BLOCK);
         let mut acc = [_mm512_setzero_ps(); R];
