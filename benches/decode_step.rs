@@ -9,9 +9,9 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wattserve::engine::generation_model::{GenerationLoadOptions, GenerationModel};
-use wattserve::engine::llama::{KvCache, SeqInput};
+use wattserve::engine::decoder::llama::KvCache;
 use wattserve::engine::{DeviceSpec, Precision};
+use wattserve::engine::{GenerationLoadOptions, GenerationModel, SeqInput};
 
 fn gguf() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -47,7 +47,7 @@ fn decode(c: &mut Criterion) {
             .map(|p| model.new_cache(p.len() + 64))
             .collect();
         {
-            let mut inputs: Vec<SeqInput<'_>> = prompts
+            let mut inputs: Vec<SeqInput<'_, KvCache>> = prompts
                 .iter()
                 .zip(caches.iter_mut())
                 .map(|(p, cache)| SeqInput {
@@ -62,7 +62,7 @@ fn decode(c: &mut Criterion) {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
-                let mut inputs: Vec<SeqInput<'_>> = caches
+                let mut inputs: Vec<SeqInput<'_, KvCache>> = caches
                     .iter_mut()
                     .map(|cache| SeqInput {
                         tokens: &token,

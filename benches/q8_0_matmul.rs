@@ -11,7 +11,7 @@ use std::hint::black_box;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use wattserve::engine::cpu_pool;
+use wattserve::engine::decoder::cpu_pool;
 use wattserve_kernels::default_threads;
 use wattserve_kernels::q8_0::{matmul_q8_0, Q8Path, Q8_0Weights};
 use wattserve_kernels::q8_tiles::{self, Kernel, Q8Tiles};

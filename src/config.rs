@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::meter::settings::{CarbonConfig, CostConfig, EnergyConfig, SourceChoice};
+
 /// Why the configuration cannot be used. Every variant names the file and/or field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -62,117 +64,6 @@ pub struct Config {
     pub carbon: CarbonConfig,
     /// Electricity and hardware prices.
     pub cost: CostConfig,
-}
-
-/// Which energy source `[energy] source` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceChoice {
-    /// GPU models: NVML, else the estimate. CPU models: RAPL, else the estimate.
-    #[default]
-    Auto,
-    /// NVML only (fails at start where unavailable).
-    Nvml,
-    /// RAPL only (fails at start where unavailable).
-    Rapl,
-    /// The CPU-time estimate.
-    Estimate,
-}
-
-impl SourceChoice {
-    /// The name used in config files.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceChoice::Auto => "auto",
-            SourceChoice::Nvml => "nvml",
-            SourceChoice::Rapl => "rapl",
-            SourceChoice::Estimate => "estimate",
-        }
-    }
-}
-
-/// `[energy]`: how energy is measured and attributed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EnergyConfig {
-    /// false turns metering off (no energy headers; for measuring its overhead).
-    pub enabled: bool,
-    /// auto | nvml | rapl | estimate.
-    pub source: SourceChoice,
-    /// Background sampling period, for idle energy and the power gauge.
-    pub sample_interval_ms: u64,
-    /// Give the idle part of intervals in which some batch ran to those batches.
-    pub attribute_idle: bool,
-    /// Root of the powercap tree (RAPL).
-    pub powercap_root: PathBuf,
-    /// RAPL: charge this process only its CPU-time share of the package energy.
-    pub rapl_process_share: bool,
-    /// Estimate: watts per fully busy core (TDP / cores of your CPU).
-    pub cpu_watts_per_core: f64,
-    /// Estimate: watts per GB of resident memory.
-    pub dram_watts_per_gb: f64,
-}
-
-impl Default for EnergyConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            source: SourceChoice::Auto,
-            sample_interval_ms: 1000,
-            attribute_idle: false,
-            powercap_root: PathBuf::from("/sys/class/powercap"),
-            rapl_process_share: true,
-            cpu_watts_per_core: 12.0,
-            dram_watts_per_gb: 0.3725,
-        }
-    }
-}
-
-/// `[carbon]`: the grid's carbon intensity and the hardware's embodied carbon.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CarbonConfig {
-    /// Zone of the built-in table (country code, a few grid regions, `WORLD`).
-    pub zone: String,
-    /// gCO2e/kWh, overriding the zone's value.
-    pub intensity: Option<f64>,
-    /// Embodied emissions of the hardware, kgCO2e (the SCI term M); 0 = not counted.
-    pub embodied_kgco2e: f64,
-    /// Lifetime over which the embodied emissions are spread, years.
-    pub lifetime_years: f64,
-}
-
-impl Default for CarbonConfig {
-    fn default() -> Self {
-        Self {
-            zone: "WORLD".into(),
-            intensity: None,
-            embodied_kgco2e: 0.0,
-            lifetime_years: 4.0,
-        }
-    }
-}
-
-/// `[cost]`: what energy and hardware cost.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CostConfig {
-    /// Electricity price, USD per kWh.
-    pub electricity_usd_per_kwh: f64,
-    /// Power usage effectiveness of the facility (1.0 = no overhead).
-    pub pue: f64,
-    /// The hardware's hourly cost (instance price or amortized purchase), USD.
-    pub hardware_usd_per_hour: f64,
-}
-
-impl Default for CostConfig {
-    fn default() -> Self {
-        Self {
-            electricity_usd_per_kwh: 0.15,
-            pue: 1.0,
-            hardware_usd_per_hour: 0.0,
-        }
-    }
 }
 
 /// `[server]`: where to listen and what to serve.
@@ -241,20 +132,28 @@ pub struct RuntimeConfig {
 }
 
 /// Values given on the command line or in `WATTSERVE_*` variables; `None` leaves the file's
-/// (or the default) value.
-#[derive(Debug, Clone, Default)]
+/// (or the default) value. The one list of these flags: `wattserve serve` and `wattserve bench`
+/// flatten it into their own arguments.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
-    /// `--host` / `WATTSERVE_HOST`.
+    /// Interface to bind [default: 127.0.0.1].
+    #[arg(long, env = "WATTSERVE_HOST")]
     pub host: Option<String>,
-    /// `--port` / `WATTSERVE_PORT`.
+    /// TCP port, 0 for any free one [default: 8080].
+    #[arg(long, env = "WATTSERVE_PORT")]
     pub port: Option<u16>,
-    /// `--models-dir` / `WATTSERVE_MODELS_DIR`.
+    /// The model repository [default: models].
+    #[arg(long, env = "WATTSERVE_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
-    /// `--model` (repeatable) / `WATTSERVE_MODELS` (comma-separated).
+    /// Serve only this model folder (repeatable; env: comma-separated) [default: all].
+    #[arg(long = "model", env = "WATTSERVE_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
-    /// `--threads` / `WATTSERVE_THREADS`.
+    /// CPU compute threads, 0 = one per core [default: 0].
+    #[arg(long, env = "WATTSERVE_THREADS")]
     pub threads: Option<usize>,
-    /// `--precision` / `WATTSERVE_PRECISION`: serve every selected model at this precision.
+    /// Serve every selected model at this precision (f32, f16, bf16, int8) instead of its
+    /// model.toml's.
+    #[arg(long, env = "WATTSERVE_PRECISION")]
     pub precision: Option<crate::engine::Precision>,
 }
 

@@ -32,25 +32,8 @@ struct ServeArgs {
     /// Config file (TOML). Default: ./wattserve.toml when it exists.
     #[arg(long, env = "WATTSERVE_CONFIG")]
     config: Option<PathBuf>,
-    /// Interface to bind [default: 127.0.0.1].
-    #[arg(long, env = "WATTSERVE_HOST")]
-    host: Option<String>,
-    /// TCP port, 0 for any free one [default: 8080].
-    #[arg(long, env = "WATTSERVE_PORT")]
-    port: Option<u16>,
-    /// The model repository [default: models].
-    #[arg(long, env = "WATTSERVE_MODELS_DIR")]
-    models_dir: Option<PathBuf>,
-    /// Serve only this model folder (repeatable; env: comma-separated) [default: all].
-    #[arg(long = "model", env = "WATTSERVE_MODELS", value_delimiter = ',')]
-    models: Vec<String>,
-    /// CPU compute threads, 0 = one per core [default: 0].
-    #[arg(long, env = "WATTSERVE_THREADS")]
-    threads: Option<usize>,
-    /// Serve every selected model at this precision (f32, f16, bf16, int8) instead of its
-    /// model.toml's.
-    #[arg(long, env = "WATTSERVE_PRECISION")]
-    precision: Option<wattserve::engine::Precision>,
+    #[command(flatten)]
+    overrides: Overrides,
 }
 
 fn main() -> ExitCode {
@@ -74,15 +57,7 @@ fn init_logging() {
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
-    let overrides = Overrides {
-        host: args.host,
-        port: args.port,
-        models_dir: args.models_dir,
-        models: args.models,
-        threads: args.threads,
-        precision: args.precision,
-    };
-    let config = match Config::load(args.config.as_deref(), &overrides) {
+    let config = match Config::load(args.config.as_deref(), &args.overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

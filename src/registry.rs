@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::collections::HashMap;
 
-use crate::batch::{EmbeddingScheduler, GenerationLimits, GenerationScheduler};
+use crate::batch::{EmbeddingScheduler, GenerationScheduler};
 use crate::config::Config;
-use crate::engine::generation_model::GenerationModel;
+use crate::engine::GenerationModel;
 use crate::engine::{DeviceSpec, EmbeddingModel, EmbeddingTokenizer, EngineError, Precision};
 use crate::meter::pricing::Pricing;
 use crate::meter::source::SourceError;
@@ -245,12 +245,16 @@ fn load_embedding(
     let tokenizer = model.tokenizer().clone();
     let dimensions = model.dimensions();
     let weight_bytes = model.weight_bytes();
-    let scheduler =
-        EmbeddingScheduler::start(&spec.name, Box::new(model), &spec.batching, meter.clone())
-            .map_err(|source| EngineError::Io {
-                path: entry.file.clone(),
-                source,
-            })?;
+    let scheduler = EmbeddingScheduler::start(
+        &spec.name,
+        Box::new(model),
+        spec.batching.embedding_limits(),
+        meter.clone(),
+    )
+    .map_err(|source| EngineError::Io {
+        path: entry.file.clone(),
+        source,
+    })?;
     let serving = EmbeddingServing {
         dimensions,
         tokenizer,
@@ -266,11 +270,7 @@ fn load_generation(
     let spec = &entry.spec;
     let engine = Arc::new(GenerationModel::load(&entry.generation_load_options())?);
     let weight_bytes = engine.model().weight_bytes();
-    let limits = GenerationLimits {
-        max_running_seqs: spec.batching.max_batch_size,
-        max_batch_tokens: spec.batching.max_batch_tokens,
-        queue_capacity: spec.batching.queue_capacity,
-    };
+    let limits = spec.batching.generation_limits();
     let scheduler = GenerationScheduler::start(&spec.name, engine.clone(), limits, meter.clone())
         .map_err(|source| EngineError::Io {
         path: entry.file.clone(),

@@ -4,11 +4,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::batch::{EmbeddingLimits, GenerationLimits};
 use crate::config::{parse_toml, ConfigError};
-use crate::engine::embedding_model::EmbeddingLoadOptions;
-use crate::engine::generation_model::GenerationLoadOptions;
-use crate::engine::pooling::PoolingMode;
+use crate::engine::encoder::pooling::PoolingMode;
 use crate::engine::{DeviceSpec, Precision};
+use crate::engine::{EmbeddingLoadOptions, GenerationLoadOptions};
 
 /// What a model does, hence which endpoint serves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +42,28 @@ pub struct BatchingSpec {
     pub max_queue_delay_ms: u64,
     /// Requests waiting for compute before new ones are refused with 503.
     pub queue_capacity: usize,
+}
+
+impl BatchingSpec {
+    /// The embedding scheduler's limits.
+    pub fn embedding_limits(&self) -> EmbeddingLimits {
+        EmbeddingLimits {
+            max_batch_size: self.max_batch_size,
+            max_batch_tokens: self.max_batch_tokens,
+            max_queue_delay: std::time::Duration::from_millis(self.max_queue_delay_ms),
+            queue_capacity: self.queue_capacity,
+        }
+    }
+
+    /// The continuous-batching scheduler's limits (`max_batch_size` sequences decode together;
+    /// `max_queue_delay_ms` does not apply: a step starts as soon as there is work).
+    pub fn generation_limits(&self) -> GenerationLimits {
+        GenerationLimits {
+            max_running_seqs: self.max_batch_size,
+            max_batch_tokens: self.max_batch_tokens,
+            queue_capacity: self.queue_capacity,
+        }
+    }
 }
 
 impl Default for BatchingSpec {

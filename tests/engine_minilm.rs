@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use wattserve::engine::embedding_model::{BatchLayout, EmbeddingLoadOptions};
+use wattserve::engine::encoder::model::{BatchLayout, EmbeddingLoadOptions};
 use wattserve::engine::{DeviceSpec, Embedder, EmbeddingModel, Precision};
 
 fn load() -> Option<EmbeddingModel> {

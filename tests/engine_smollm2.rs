@@ -8,18 +8,17 @@ mod common;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use wattserve::engine::chat_template::ChatMessage;
-use wattserve::engine::generation_model::{argmax, GenerationLoadOptions, GenerationModel};
-use wattserve::engine::llama::SeqInput;
+use wattserve::engine::decoder::model::argmax;
+use wattserve::engine::gguf::ChatMessage;
 use wattserve::engine::{DeviceSpec, Precision};
+use wattserve::engine::{GenerationLoadOptions, GenerationModel, SeqInput};
 
 fn gguf_path() -> PathBuf {
     common::models_dir().join("smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
 fn load(precision: Precision) -> Option<GenerationModel> {
-    if !gguf_path().is_file() {
-        eprintln!("SKIPPED: SmolLM2 GGUF missing; run models/fetch.sh smollm2 (make test does)");
+    if !common::weights_available(&["smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf"]) {
         return None;
     }
     Some(

@@ -5,8 +5,8 @@
 mod common;
 
 use serde_json::{json, Value};
-use wattserve::engine::generation_model::{GenerationLoadOptions, GenerationModel};
 use wattserve::engine::{DeviceSpec, Precision};
+use wattserve::engine::{GenerationLoadOptions, GenerationModel};
 
 use common::{post_json as post, smollm2_available as available, smollm2_server as server};
 
@@ -73,7 +73,7 @@ async fn chat_greedy_matches_the_engine_and_streams_the_same_text() {
     })
     .unwrap();
     let prompt = engine
-        .render_chat(&[wattserve::engine::chat_template::ChatMessage {
+        .render_chat(&[wattserve::engine::gguf::ChatMessage {
             role: "user".into(),
             content: "What is a GPU?".into(),
         }])

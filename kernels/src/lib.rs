@@ -1,19 +1,26 @@
 //! `wattserve-kernels`: int8 quantization and GEMM for wattserve's int8 precision.
 //!
 //! The scheme (see the README): per-output-channel symmetric int8 weights, dynamic per-row
-//! symmetric int8 activations, i32 accumulation, f32 rescale plus bias. [`reference`] defines the
-//! arithmetic; [`gemm`] packs weights once and runs it with AVX-512 VNNI, AVX2 or scalar code,
-//! chosen at run time, all bit-identical.
+//! symmetric int8 activations, i32 accumulation, f32 rescale plus bias.
+//! [`reference`](mod@reference) defines the arithmetic; [`gemm`] packs weights once and runs it
+//! with AVX-512 VNNI, AVX2 or scalar code, chosen at run time, all bit-identical. [`q8_0`] and
+//! [`q8_tiles`] are the decoders' block-wise int8 matmuls. Every run-time choice of instruction
+//! set asks one probe, [`cpu::features`].
 
-pub mod amx;
+#![warn(missing_docs)]
+
+pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod gemm;
 pub mod q8_0;
 pub mod q8_tiles;
 pub mod reference;
-#[cfg(target_arch = "x86_64")]
-mod x86;
+
+/// The AMX switch under the path the engine names it by (the probe itself is [`cpu`]).
+pub mod amx {
+    pub use crate::cpu::AMX_DISABLE_ENV as DISABLE_ENV;
+}
 
 pub use gemm::{linear_i8, Isa, PackedWeights};
 pub use reference::{gemm_i8_reference, quantize_rows, QuantizedRows};

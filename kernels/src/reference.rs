@@ -1,6 +1,7 @@
 //! Portable scalar reference kernels: the definition of the int8 arithmetic.
 
-/// A row-major matrix quantized per row: `values[r * cols + c] ≈ data[r][c] / scales[r]`.
+/// A row-major matrix quantized per row: `values[r * cols + c] ≈ data[r][c] / scales[r]`. The
+/// operands of [`gemm_i8_reference`], and the weights the engine uploads for its CUDA path.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizedRows {
     /// Row count.
@@ -35,7 +36,8 @@ pub fn quantize_rows(data: &[f32], rows: usize, cols: usize) -> QuantizedRows {
 const ROUNDER: f32 = 12_582_912.0;
 
 /// [`quantize_rows`] into caller-provided storage: row `r` goes to
-/// `out[r * stride .. r * stride + cols]`, its scale to `scales[r]`.
+/// `out[r * stride .. r * stride + cols]`, its scale to `scales[r]`. For callers that quantize
+/// into padded rows (the packed GEMM's activations) without a copy.
 pub fn quantize_rows_into(
     data: &[f32],
     rows: usize,
@@ -74,6 +76,7 @@ pub(crate) fn round_to_i8(v: f32) -> i8 {
 
 /// `out[m][n] = (Σ_k a[m][k] · w[n][k]) · a.scale[m] · w.scale[n] + bias[n]` with exact i32
 /// accumulation. `a` is `M × K` (activations), `w` is `N × K` (weights, one row per output).
+/// The definition every packed path ([`crate::linear_i8`]) must equal bit for bit.
 pub fn gemm_i8_reference(a: &QuantizedRows, w: &QuantizedRows, bias: Option<&[f32]>) -> Vec<f32> {
     assert_eq!(a.cols, w.cols, "inner dimensions differ");
     if let Some(b) = bias {

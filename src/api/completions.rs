@@ -22,7 +22,7 @@ use super::json::JsonBody;
 use super::usage::{put_header, set_energy_headers, settle_energy, UsageEnergy};
 use super::{ApiError, AppState};
 use crate::batch::generation::{Finished, GenEvent, GenerationJob};
-use crate::engine::chat_template::ChatMessage;
+use crate::engine::gguf::ChatMessage;
 use crate::engine::sampling::SamplingParams;
 use crate::registry::{GenerationServing, ServedModel};
 

@@ -15,40 +15,29 @@
 //! dropped before compute. An engine error or panic fails the requests of that batch only.
 
 use std::collections::{HashMap, VecDeque};
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::{failed_owners, metered_step, Admission, SchedulerError, Worker};
 use crate::engine::Embedder;
 use crate::meter::{EnergyShare, Meter};
 use crate::metrics as m;
-use crate::repository::BatchingSpec;
 
-/// Why a request produced no embeddings.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SchedulerError {
-    /// `queue_capacity` requests are already admitted; the caller should retry later (HTTP 503).
-    #[error("the queue of model `{model}` is full ({capacity} requests waiting)")]
-    QueueFull {
-        /// The model.
-        model: String,
-        /// Its queue capacity.
-        capacity: usize,
-    },
-    /// The engine returned an error for a batch holding this request's inputs.
-    #[error("inference failed: {0}")]
-    Engine(String),
-    /// The engine panicked on a batch holding this request's inputs; the model keeps serving.
-    #[error("inference panicked: {0}")]
-    Panicked(String),
-    /// The scheduler is shutting down.
-    #[error("the model `{0}` is shutting down")]
-    Stopped(String),
+/// How one embedding model's batches are formed and how many requests it admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddingLimits {
+    /// Most inputs computed in one forward pass.
+    pub max_batch_size: usize,
+    /// Most padded tokens (longest sequence × count) in one forward pass.
+    pub max_batch_tokens: usize,
+    /// After the first input arrives, how long to wait at most for company.
+    pub max_queue_delay: Duration,
+    /// Requests admitted and unanswered before new ones are refused (HTTP 503).
+    pub queue_capacity: usize,
 }
 
 /// What a request gets back.
@@ -78,11 +67,8 @@ struct Submission {
 /// then joins it.
 pub struct EmbeddingScheduler {
     model: String,
-    tx: Option<Sender<Submission>>,
-    admitted: Arc<AtomicUsize>,
+    worker: Worker<Submission>,
     waiting_items: Arc<AtomicUsize>,
-    capacity: usize,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl EmbeddingScheduler {
@@ -90,38 +76,38 @@ impl EmbeddingScheduler {
     pub fn start(
         model: &str,
         engine: Box<dyn Embedder>,
-        batching: &BatchingSpec,
+        limits: EmbeddingLimits,
         meter: Option<Arc<Meter>>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = channel::<Submission>();
-        let admitted = Arc::new(AtomicUsize::new(0));
         let waiting_items = Arc::new(AtomicUsize::new(0));
-        let batch_loop = BatchLoop {
-            model: model.to_string(),
-            engine,
-            meter,
-            rx,
-            max_batch_size: batching.max_batch_size,
-            max_batch_tokens: batching.max_batch_tokens,
-            max_delay: Duration::from_millis(batching.max_queue_delay_ms),
-            window: (batching.max_batch_size * 8).max(64),
-            admitted: admitted.clone(),
-            waiting_items: waiting_items.clone(),
-            jobs: HashMap::new(),
-            pending: VecDeque::new(),
-            next_job: 0,
-            expected_batch: 1,
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("batch-{model}"))
-            .spawn(move || batch_loop.run())?;
+        let waiting = waiting_items.clone();
+        let name = model.to_string();
+        let worker = Worker::spawn(
+            model,
+            format!("batch-{model}"),
+            limits.queue_capacity,
+            move |rx, admission| {
+                BatchLoop {
+                    model: name,
+                    engine,
+                    meter,
+                    rx,
+                    limits,
+                    window: (limits.max_batch_size * 8).max(64),
+                    admission,
+                    waiting_items: waiting,
+                    jobs: HashMap::new(),
+                    pending: VecDeque::new(),
+                    next_job: 0,
+                    expected_batch: 1,
+                }
+                .run()
+            },
+        )?;
         Ok(Self {
             model: model.to_string(),
-            tx: Some(tx),
-            admitted,
+            worker,
             waiting_items,
-            capacity: batching.queue_capacity,
-            thread: Some(thread),
         })
     }
 
@@ -131,33 +117,18 @@ impl EmbeddingScheduler {
         &self,
         inputs: Vec<Vec<u32>>,
     ) -> Result<oneshot::Receiver<Result<EmbedOutput, SchedulerError>>, SchedulerError> {
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| SchedulerError::Stopped(self.model.clone()))?;
-        let admitted = self
-            .admitted
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.capacity).then_some(n + 1)
-            });
-        if admitted.is_err() {
-            return Err(SchedulerError::QueueFull {
-                model: self.model.clone(),
-                capacity: self.capacity,
-            });
-        }
         let (reply, rx) = oneshot::channel();
         let n = inputs.len();
+        // Counted before the loop can see (and uncount) them.
         self.waiting_items.fetch_add(n, Ordering::SeqCst);
         let sub = Submission {
             inputs,
             submitted: Instant::now(),
             reply,
         };
-        if tx.send(sub).is_err() {
-            self.admitted.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = self.worker.submit(sub) {
             self.waiting_items.fetch_sub(n, Ordering::SeqCst);
-            return Err(SchedulerError::Stopped(self.model.clone()));
+            return Err(e);
         }
         m::set_queue_depth(&self.model, self.waiting_items.load(Ordering::SeqCst));
         Ok(rx)
@@ -167,14 +138,10 @@ impl EmbeddingScheduler {
     pub fn queue_depth(&self) -> usize {
         self.waiting_items.load(Ordering::SeqCst)
     }
-}
 
-impl Drop for EmbeddingScheduler {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    /// Requests admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.worker.in_flight()
     }
 }
 
@@ -204,12 +171,10 @@ struct BatchLoop {
     engine: Box<dyn Embedder>,
     meter: Option<Arc<Meter>>,
     rx: Receiver<Submission>,
-    max_batch_size: usize,
-    max_batch_tokens: usize,
-    max_delay: Duration,
+    limits: EmbeddingLimits,
     /// How many of the oldest waiting items a batch is chosen from.
     window: usize,
-    admitted: Arc<AtomicUsize>,
+    admission: Admission,
     waiting_items: Arc<AtomicUsize>,
     jobs: HashMap<u64, Job>,
     /// Waiting items, oldest first.
@@ -286,11 +251,11 @@ impl BatchLoop {
         let Some(oldest) = self.pending.front().map(|i| self.jobs[&i.job].submitted) else {
             return;
         };
-        let expected = self.expected_batch.clamp(1, self.max_batch_size);
+        let expected = self.expected_batch.clamp(1, self.limits.max_batch_size);
         if expected <= 1 {
             return;
         }
-        let deadline = oldest + self.max_delay;
+        let deadline = oldest + self.limits.max_queue_delay;
         while !self.full_batch_waiting() && self.pending.len() < expected {
             let now = Instant::now();
             if now >= deadline {
@@ -307,11 +272,11 @@ impl BatchLoop {
     }
 
     fn full_batch_waiting(&self) -> bool {
-        if self.pending.len() >= self.max_batch_size {
+        if self.pending.len() >= self.limits.max_batch_size {
             return true;
         }
         let longest = self.pending.iter().map(|i| i.len).max().unwrap_or(0);
-        longest * self.pending.len() >= self.max_batch_tokens
+        longest * self.pending.len() >= self.limits.max_batch_tokens
     }
 
     /// Drops the waiting items of requests whose caller has gone.
@@ -330,7 +295,7 @@ impl BatchLoop {
         let dropped = before - self.pending.len();
         for id in gone {
             self.jobs.remove(&id);
-            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            self.admission.release(1);
         }
         self.waiting_items.fetch_sub(dropped, Ordering::SeqCst);
         m::set_queue_depth(&self.model, self.waiting_items.load(Ordering::SeqCst));
@@ -342,8 +307,8 @@ impl BatchLoop {
     fn form_batch(&mut self) -> Vec<Item> {
         let plan = plan_batch(
             self.pending.iter().take(self.window).map(|i| i.len),
-            self.max_batch_size,
-            self.max_batch_tokens,
+            self.limits.max_batch_size,
+            self.limits.max_batch_tokens,
         );
         // Remove the chosen positions, highest first so lower positions stay valid.
         let mut batch: Vec<Item> = Vec::with_capacity(plan.len());
@@ -359,93 +324,73 @@ impl BatchLoop {
     }
 
     fn compute(&mut self, batch: Vec<Item>) {
-        let start = Instant::now();
         let n = batch.len();
         self.expected_batch = n;
         self.waiting_items.fetch_sub(n, Ordering::SeqCst);
         m::set_queue_depth(&self.model, self.waiting_items.load(Ordering::SeqCst));
-        m::record_batch_size(&self.model, n);
+        let weight: usize = batch.iter().map(|i| i.len).sum();
+        let jobs = &self.jobs;
+        let engine = &self.engine;
+        let (outcome, step) = metered_step(&self.model, self.meter.as_deref(), n, weight, || {
+            let seqs: Vec<&[u32]> = batch
+                .iter()
+                .filter_map(|i| Some(jobs.get(&i.job)?.inputs.get(i.index)?.as_slice()))
+                .collect();
+            engine.embed_tokens(&seqs)
+        });
         for item in &batch {
             if let Some(job) = self.jobs.get_mut(&item.job) {
                 if job.first_start.is_none() {
-                    job.first_start = Some(start);
-                    m::record_queue_duration(&self.model, start - job.submitted);
+                    job.first_start = Some(step.start);
+                    m::record_queue_duration(&self.model, step.start - job.submitted);
                 }
             }
         }
-        let weight: usize = batch.iter().map(|i| i.len).sum();
-        let ticket = self
-            .meter
-            .as_ref()
-            .and_then(|meter| meter.begin_batch(&self.model, weight as f64));
-        let outcome = {
-            let seqs: Vec<&[u32]> = batch
-                .iter()
-                .map(|i| self.jobs[&i.job].inputs[i.index].as_slice())
-                .collect();
-            let engine = &self.engine;
-            match std::panic::catch_unwind(AssertUnwindSafe(|| engine.embed_tokens(&seqs))) {
-                Ok(Ok(v)) if v.len() == n => Ok(v),
-                Ok(Ok(v)) => Err(SchedulerError::Engine(format!(
+        let vectors = match outcome {
+            Ok(v) if v.len() == n => v,
+            Ok(v) => {
+                let err = SchedulerError::Engine(format!(
                     "engine returned {} vectors for {n} inputs",
                     v.len()
-                ))),
-                Ok(Err(e)) => Err(SchedulerError::Engine(e.to_string())),
-                Err(p) => Err(SchedulerError::Panicked(panic_message(&*p))),
-            }
-        };
-        let elapsed = start.elapsed();
-        if let (Some(meter), Some(t)) = (&self.meter, &ticket) {
-            meter.end_batch(t);
-        }
-        match outcome {
-            Ok(vectors) => {
-                let mut done = Vec::new();
-                for (item, v) in batch.iter().zip(vectors) {
-                    if let Some(job) = self.jobs.get_mut(&item.job) {
-                        job.results[item.index] = Some(v);
-                        job.remaining -= 1;
-                        if job.remaining == 0 {
-                            done.push(item.job);
-                        }
-                    }
-                }
-                let mut touched: Vec<u64> = batch.iter().map(|i| i.job).collect();
-                touched.sort_unstable();
-                touched.dedup();
-                for id in touched {
-                    if let Some(job) = self.jobs.get_mut(&id) {
-                        job.compute_time += elapsed;
-                        job.batch_size = job.batch_size.max(n);
-                        if let Some(t) = &ticket {
-                            let tokens: usize =
-                                batch.iter().filter(|i| i.job == id).map(|i| i.len).sum();
-                            job.energy.push(EnergyShare {
-                                batch: t.energy.clone(),
-                                fraction: tokens as f64 / weight.max(1) as f64,
-                            });
-                        }
-                    }
-                }
-                for id in done {
-                    self.finish(id);
-                }
-            }
-            Err(err) => {
+                ));
                 tracing::error!(model = %self.model, batch = n, "{err}");
-                let mut failed: Vec<u64> = batch.iter().map(|i| i.job).collect();
-                failed.sort_unstable();
-                failed.dedup();
-                for id in failed {
-                    self.fail(id, err.clone());
+                return self.fail_batch(&batch, err);
+            }
+            Err(err) => return self.fail_batch(&batch, err),
+        };
+        let mut done = Vec::new();
+        for (item, v) in batch.iter().zip(vectors) {
+            if let Some(job) = self.jobs.get_mut(&item.job) {
+                job.results[item.index] = Some(v);
+                job.remaining -= 1;
+                if job.remaining == 0 {
+                    done.push(item.job);
                 }
             }
+        }
+        for id in failed_owners(batch.iter().map(|i| i.job)) {
+            if let Some(job) = self.jobs.get_mut(&id) {
+                job.compute_time += step.elapsed;
+                job.batch_size = job.batch_size.max(n);
+                let tokens: usize = batch.iter().filter(|i| i.job == id).map(|i| i.len).sum();
+                job.energy.extend(step.share(tokens));
+            }
+        }
+        for id in done {
+            self.finish(id);
+        }
+    }
+
+    /// Fails every request with an input in `batch`.
+    fn fail_batch(&mut self, batch: &[Item], err: SchedulerError) {
+        for id in failed_owners(batch.iter().map(|i| i.job)) {
+            self.fail(id, err.clone());
         }
     }
 
     fn finish(&mut self, id: u64) {
         if let Some(job) = self.jobs.remove(&id) {
-            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            self.admission.release(1);
             let out = EmbedOutput {
                 embeddings: job
                     .results
@@ -466,7 +411,7 @@ impl BatchLoop {
     /// Fails a request, dropping its other waiting items.
     fn fail(&mut self, id: u64, err: SchedulerError) {
         if let Some(job) = self.jobs.remove(&id) {
-            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            self.admission.release(1);
             let before = self.pending.len();
             self.pending.retain(|i| i.job != id);
             self.waiting_items
@@ -474,14 +419,6 @@ impl BatchLoop {
             let _ = job.reply.send(Err(err));
         }
     }
-}
-
-/// The message of a caught panic.
-pub(crate) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Chooses a batch among waiting items given by their lengths, oldest first: position 0 (the
@@ -554,11 +491,11 @@ mod tests {
         }
     }
 
-    fn spec(size: usize, delay_ms: u64, cap: usize) -> BatchingSpec {
-        BatchingSpec {
+    fn spec(size: usize, delay_ms: u64, cap: usize) -> EmbeddingLimits {
+        EmbeddingLimits {
             max_batch_size: size,
             max_batch_tokens: 10_000,
-            max_queue_delay_ms: delay_ms,
+            max_queue_delay: Duration::from_millis(delay_ms),
             queue_capacity: cap,
         }
     }
@@ -599,7 +536,7 @@ mod tests {
 
     #[tokio::test]
     async fn multi_input_results_come_back_in_order_across_batches() {
-        let s = EmbeddingScheduler::start("t", Box::<TestEngine>::default(), &spec(2, 0, 4), None)
+        let s = EmbeddingScheduler::start("t", Box::<TestEngine>::default(), spec(2, 0, 4), None)
             .unwrap();
         let inputs: Vec<Vec<u32>> = (1..=7u32)
             .map(|n| vec![n; (n * 3 % 7 + 1) as usize])
@@ -615,7 +552,7 @@ mod tests {
     #[test]
     fn concurrent_requests_share_batches() {
         let (engine, open, log) = gated();
-        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(8, 50, 16), None).unwrap();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), spec(8, 50, 16), None).unwrap();
         let first = s.submit(vec![vec![100]]).unwrap();
         wait_until(|| s.queue_depth() == 0); // the first batch is in the engine, blocked
         let rest: Vec<_> = (1..=5u32)
@@ -639,13 +576,9 @@ mod tests {
     #[test]
     fn a_lone_client_pays_no_queue_delay() {
         // A delay far longer than the test may take: only the company rule can skip it.
-        let s = EmbeddingScheduler::start(
-            "t",
-            Box::<TestEngine>::default(),
-            &spec(8, 60_000, 16),
-            None,
-        )
-        .unwrap();
+        let s =
+            EmbeddingScheduler::start("t", Box::<TestEngine>::default(), spec(8, 60_000, 16), None)
+                .unwrap();
         let start = Instant::now();
         for i in 0..3 {
             let r = s.submit(vec![vec![i + 1]]).unwrap();
@@ -661,7 +594,7 @@ mod tests {
     fn waits_for_as_many_items_as_the_previous_batch_held() {
         let (engine, open, log) = gated();
         let s =
-            EmbeddingScheduler::start("t", Box::new(engine), &spec(8, 60_000, 32), None).unwrap();
+            EmbeddingScheduler::start("t", Box::new(engine), spec(8, 60_000, 32), None).unwrap();
         let a = s.submit(vec![vec![1]]).unwrap();
         wait_until(|| s.queue_depth() == 0); // A computes alone, at once
         let b: Vec<_> = (0..3)
@@ -694,7 +627,7 @@ mod tests {
     #[test]
     fn oldest_item_is_never_starved_by_shorter_newcomers() {
         let (engine, open, log) = gated();
-        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(2, 0, 64), None).unwrap();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), spec(2, 0, 64), None).unwrap();
         let _blocker = s.submit(vec![vec![1]]).unwrap();
         wait_until(|| s.queue_depth() == 0);
         // 4 short items ahead of a long one, then many short ones after it.
@@ -725,7 +658,7 @@ mod tests {
     #[test]
     fn abandoned_requests_are_never_computed() {
         let (engine, open, log) = gated();
-        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(4, 0, 16), None).unwrap();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), spec(4, 0, 16), None).unwrap();
         let first = s.submit(vec![vec![1]]).unwrap();
         wait_until(|| s.queue_depth() == 0);
         let gone = s.submit(vec![vec![77], vec![78]]).unwrap();
@@ -747,7 +680,7 @@ mod tests {
 
     #[tokio::test]
     async fn failures_and_panics_fail_only_their_batch() {
-        let s = EmbeddingScheduler::start("t", Box::<TestEngine>::default(), &spec(1, 0, 8), None)
+        let s = EmbeddingScheduler::start("t", Box::<TestEngine>::default(), spec(1, 0, 8), None)
             .unwrap();
         let bad = s.submit(vec![vec![13]]).unwrap();
         let boom = s.submit(vec![vec![666]]).unwrap();
@@ -774,7 +707,7 @@ mod tests {
     #[test]
     fn admission_is_bounded_and_frees_up() {
         let (engine, open, _log) = gated();
-        let s = EmbeddingScheduler::start("t", Box::new(engine), &spec(1, 0, 2), None).unwrap();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), spec(1, 0, 2), None).unwrap();
         let a = s.submit(vec![vec![1]]).unwrap();
         let b = s.submit(vec![vec![1]]).unwrap();
         let err = s.submit(vec![vec![1]]).unwrap_err();

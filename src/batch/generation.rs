@@ -8,24 +8,21 @@
 //! once, freeing their KV caches. The step's energy is split among its sequences by tokens.
 
 use std::collections::VecDeque;
-use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::SchedulerError;
-use crate::engine::generation_model::GenerationModel;
-use crate::engine::gguf_tokenizer::TextStream;
-use crate::engine::llama::{KvCache, SeqInput};
+use super::{failed_owners, metered_step, Admission, SchedulerError, Worker};
 use crate::engine::sampling::{Sampler, SamplingParams};
+use crate::engine::text_stream::TextStream;
+use crate::engine::{Decoder, SeqInput};
 use crate::meter::{EnergyShare, Meter};
 use crate::metrics as m;
 
 /// Limits of one generation model's scheduler (`[batching]` of its model.toml).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GenerationLimits {
     /// Sequences decoded together at most (`batching.max_batch_size`).
     pub max_running_seqs: usize,
@@ -104,13 +101,10 @@ pub enum GenEvent {
     Failed(SchedulerError),
 }
 
-/// The handle callers submit to.
+/// The handle callers submit to. Dropping it lets the loop finish the sequences it holds, then
+/// joins its thread.
 pub struct GenerationScheduler {
-    model: String,
-    tx: Option<Sender<Submission>>,
-    admitted: Arc<AtomicUsize>,
-    capacity: usize,
-    thread: Option<std::thread::JoinHandle<()>>,
+    worker: Worker<Submission>,
 }
 
 struct Submission {
@@ -120,82 +114,54 @@ struct Submission {
 
 impl GenerationScheduler {
     /// Starts the loop for `engine` on a thread of its own.
-    pub fn start(
+    pub fn start<D: Decoder>(
         name: &str,
-        engine: Arc<GenerationModel>,
+        engine: Arc<D>,
         limits: GenerationLimits,
         meter: Option<Arc<Meter>>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = channel();
-        let admitted = Arc::new(AtomicUsize::new(0));
-        let lp = StepLoop {
-            model: name.to_string(),
-            engine,
-            meter,
-            limits,
-            rx,
-            admitted: admitted.clone(),
-            waiting: VecDeque::new(),
-            running: Vec::new(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("gen-{name}"))
-            .spawn(move || lp.run())?;
-        Ok(Self {
-            model: name.to_string(),
-            tx: Some(tx),
-            admitted,
-            capacity: limits.queue_capacity,
-            thread: Some(thread),
-        })
+        let model = name.to_string();
+        let worker = Worker::spawn(
+            name,
+            format!("gen-{name}"),
+            limits.queue_capacity,
+            move |rx, admission| {
+                StepLoop {
+                    model,
+                    engine,
+                    meter,
+                    limits,
+                    rx,
+                    admission,
+                    waiting: VecDeque::new(),
+                    running: Vec::new(),
+                }
+                .run()
+            },
+        )?;
+        Ok(Self { worker })
     }
 
     /// Queues `job`; its events arrive on `job.events`. Fails at once when `queue_capacity`
     /// requests are already admitted.
     pub fn submit(&self, job: GenerationJob) -> Result<(), SchedulerError> {
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| SchedulerError::Stopped(self.model.clone()))?;
-        self.admitted
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < self.capacity).then_some(n + 1)
-            })
-            .map_err(|_| SchedulerError::QueueFull {
-                model: self.model.clone(),
-                capacity: self.capacity,
-            })?;
-        let sub = Submission {
+        self.worker.submit(Submission {
             job,
             submitted: Instant::now(),
-        };
-        if tx.send(sub).is_err() {
-            self.admitted.fetch_sub(1, Ordering::SeqCst);
-            return Err(SchedulerError::Stopped(self.model.clone()));
-        }
-        Ok(())
+        })
     }
 
     /// Requests admitted and not finished.
     pub fn in_flight(&self) -> usize {
-        self.admitted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for GenerationScheduler {
-    fn drop(&mut self) {
-        self.tx.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.worker.in_flight()
     }
 }
 
 /// A sequence inside the loop.
-struct Seq {
+struct Seq<C> {
     job: GenerationJob,
     submitted: Instant,
-    cache: Option<KvCache>,
+    cache: Option<C>,
     /// Prompt tokens already in the cache.
     prefilled: usize,
     /// The token to feed next once the prompt is in (the last one sampled).
@@ -212,7 +178,7 @@ struct Seq {
     energy: Vec<EnergyShare>,
 }
 
-impl Seq {
+impl<C> Seq<C> {
     fn new(sub: Submission) -> Self {
         let sampler = Sampler::new(sub.job.sampling);
         Self {
@@ -238,15 +204,15 @@ impl Seq {
     }
 }
 
-struct StepLoop {
+struct StepLoop<D: Decoder> {
     model: String,
-    engine: Arc<GenerationModel>,
+    engine: Arc<D>,
     meter: Option<Arc<Meter>>,
     limits: GenerationLimits,
     rx: Receiver<Submission>,
-    admitted: Arc<AtomicUsize>,
+    admission: Admission,
     waiting: VecDeque<Submission>,
-    running: Vec<Seq>,
+    running: Vec<Seq<D::Cache>>,
 }
 
 /// Completion tokens a new sequence's KV cache has room for before it grows.
@@ -255,7 +221,7 @@ const INITIAL_ROOM: usize = 256;
 /// How long an idle loop blocks before checking again for shutdown.
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 
-impl StepLoop {
+impl<D: Decoder> StepLoop<D> {
     fn run(mut self) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
@@ -287,10 +253,8 @@ impl StepLoop {
         let before = self.running.len() + self.waiting.len();
         self.running.retain(|s| !s.job.events.is_closed());
         self.waiting.retain(|s| !s.job.events.is_closed());
-        let gone = before - self.running.len() - self.waiting.len();
-        if gone > 0 {
-            self.admitted.fetch_sub(gone, Ordering::SeqCst);
-        }
+        self.admission
+            .release(before - self.running.len() - self.waiting.len());
     }
 
     /// Chooses each running sequence's tokens for this step: one for every decoding sequence,
@@ -320,70 +284,65 @@ impl StepLoop {
         if plan.is_empty() {
             return;
         }
-        let start = Instant::now();
         let weight: usize = plan.iter().map(|(_, r)| r.len()).sum();
-        let ticket = self
-            .meter
-            .as_ref()
-            .and_then(|meter| meter.begin_batch(&self.model, weight as f64));
-        m::record_batch_size(&self.model, plan.len());
-        let model = self.engine.model();
-        let outcome = {
-            let mut tokens: Vec<Vec<u32>> = Vec::with_capacity(plan.len());
-            let mut wants_logits = Vec::with_capacity(plan.len());
-            for (i, range) in &plan {
-                let s = &self.running[*i];
-                wants_logits.push(s.prompt_done() || range.end == s.job.prompt.len());
-                tokens.push(if s.prompt_done() {
-                    s.next.into_iter().collect()
-                } else {
-                    s.job.prompt[range.clone()].to_vec()
-                });
-            }
-            let mut caches: Vec<Option<&mut KvCache>> = Vec::with_capacity(self.running.len());
-            for s in self.running.iter_mut() {
-                if s.cache.is_none() {
-                    // Room for the prompt and a typical answer; the cache grows past it if
-                    // needed (reserving the whole context would pin 377 MB per sequence).
-                    let capacity = s.job.prompt.len() + s.job.max_new_tokens.min(INITIAL_ROOM);
-                    s.cache = Some(model.new_cache(capacity));
-                }
-                caches.push(s.cache.as_mut());
-            }
-            let mut inputs = Vec::with_capacity(plan.len());
-            for (((i, _), toks), &logits) in plan.iter().zip(&tokens).zip(&wants_logits) {
-                if let Some(cache) = caches[*i].take() {
-                    inputs.push(SeqInput {
-                        tokens: toks,
-                        cache,
-                        logits,
+        let engine = &*self.engine;
+        let running = &mut self.running;
+        let (outcome, step) = metered_step(
+            &self.model,
+            self.meter.as_deref(),
+            plan.len(),
+            weight,
+            || {
+                let mut tokens: Vec<Vec<u32>> = Vec::with_capacity(plan.len());
+                let mut wants_logits = Vec::with_capacity(plan.len());
+                for (i, range) in &plan {
+                    let s = &running[*i];
+                    wants_logits.push(s.prompt_done() || range.end == s.job.prompt.len());
+                    tokens.push(if s.prompt_done() {
+                        s.next.into_iter().collect()
+                    } else {
+                        s.job.prompt[range.clone()].to_vec()
                     });
                 }
-            }
-            match std::panic::catch_unwind(AssertUnwindSafe(|| model.forward(&mut inputs))) {
-                Ok(Ok(t)) => t
-                    .to_vec2::<f32>()
-                    .map_err(|e| SchedulerError::Engine(e.to_string())),
-                Ok(Err(e)) => Err(SchedulerError::Engine(e.to_string())),
-                Err(p) => Err(SchedulerError::Panicked(super::embedding::panic_message(
-                    &*p,
-                ))),
-            }
-        };
-        let elapsed = start.elapsed();
-        if let (Some(meter), Some(t)) = (&self.meter, &ticket) {
-            meter.end_batch(t);
-        }
+                let mut caches: Vec<Option<&mut D::Cache>> = Vec::with_capacity(running.len());
+                for s in running.iter_mut() {
+                    if s.cache.is_none() {
+                        // Room for the prompt and a typical answer; the cache grows past it if
+                        // needed (reserving the whole context would pin memory per sequence).
+                        let capacity = s.job.prompt.len() + s.job.max_new_tokens.min(INITIAL_ROOM);
+                        s.cache = Some(engine.new_cache(capacity));
+                    }
+                    caches.push(s.cache.as_mut());
+                }
+                let mut inputs = Vec::with_capacity(plan.len());
+                for (((i, _), toks), &logits) in plan.iter().zip(&tokens).zip(&wants_logits) {
+                    if let Some(cache) = caches[*i].take() {
+                        inputs.push(SeqInput {
+                            tokens: toks,
+                            cache,
+                            logits,
+                        });
+                    }
+                }
+                let rows = engine.step(&mut inputs)?;
+                let expected = wants_logits.iter().filter(|&&w| w).count();
+                let vocab = engine.vocab_size();
+                if rows.len() != expected || rows.iter().any(|r| r.len() != vocab) {
+                    return Err(crate::engine::EngineError::Unsupported(format!(
+                        "decoder returned {} logits rows for {expected} sequences",
+                        rows.len()
+                    )));
+                }
+                Ok(rows)
+            },
+        );
         let logits = match outcome {
             Ok(l) => l,
             Err(err) => {
-                tracing::error!(model = %self.model, sequences = plan.len(), "{err}");
-                let mut failed: Vec<usize> = plan.iter().map(|(i, _)| *i).collect();
-                failed.sort_unstable_by_key(|&i| std::cmp::Reverse(i));
-                for i in failed {
+                for i in failed_owners(plan.iter().map(|(i, _)| *i)) {
                     let s = self.running.swap_remove(i);
                     let _ = s.job.events.send(GenEvent::Failed(err.clone()));
-                    self.admitted.fetch_sub(1, Ordering::SeqCst);
+                    self.admission.release(1);
                 }
                 return;
             }
@@ -391,18 +350,13 @@ impl StepLoop {
         let mut rows = logits.iter();
         let mut finished = Vec::new();
         let mut sampled_tokens = 0;
-        let tokenizer = self.engine.tokenizer();
+        let engine = &*self.engine;
         for (i, range) in &plan {
             let s = &mut self.running[*i];
-            s.compute_time += elapsed;
+            s.compute_time += step.elapsed;
             s.max_batch = s.max_batch.max(plan.len());
-            s.first_step.get_or_insert(start);
-            if let Some(t) = &ticket {
-                s.energy.push(EnergyShare {
-                    batch: t.energy.clone(),
-                    fraction: range.len() as f64 / weight.max(1) as f64,
-                });
-            }
+            s.first_step.get_or_insert(step.start);
+            s.energy.extend(step.share(range.len()));
             let sampled = if s.prompt_done() {
                 true
             } else {
@@ -420,10 +374,10 @@ impl StepLoop {
             s.generated += 1;
             s.next = Some(token);
             s.first_token.get_or_insert_with(|| s.submitted.elapsed());
-            let reason = if !s.job.ignore_eos && tokenizer.is_stop(token) {
+            let reason = if !s.job.ignore_eos && engine.is_stop(token) {
                 Some(FinishReason::Stop)
             } else {
-                match s.text.push(tokenizer, token) {
+                match s.text.push(engine, token) {
                     Ok(piece) => {
                         s.held.push_str(&piece);
                         emit_text(s)
@@ -437,7 +391,7 @@ impl StepLoop {
                     }
                 }
             };
-            let at_context = s.job.prompt.len() + s.generated >= self.engine.context_len();
+            let at_context = s.job.prompt.len() + s.generated >= engine.context_len();
             let reason = reason.or_else(|| {
                 (s.generated >= s.job.max_new_tokens || at_context).then_some(FinishReason::Length)
             });
@@ -453,10 +407,10 @@ impl StepLoop {
         }
     }
 
-    fn finish(&self, s: &mut Seq, reason: FinishReason) {
+    fn finish(&self, s: &mut Seq<D::Cache>, reason: FinishReason) {
         if reason == FinishReason::Length {
             // Flush what was held back for a possible stop string or an incomplete character.
-            if let Ok(rest) = s.text.finish(self.engine.tokenizer()) {
+            if let Ok(rest) = s.text.finish(&*self.engine) {
                 s.held.push_str(&rest);
             }
             if !s.held.is_empty() {
@@ -480,13 +434,13 @@ impl StepLoop {
             energy: std::mem::take(&mut s.energy),
         };
         let _ = s.job.events.send(GenEvent::Finished(done));
-        self.admitted.fetch_sub(1, Ordering::SeqCst);
+        self.admission.release(1);
     }
 }
 
 /// Sends the part of `s.held` that cannot be the start of a stop string; returns `Stop` when a
 /// stop string appeared (the text before it is sent, the rest dropped).
-fn emit_text(s: &mut Seq) -> Option<FinishReason> {
+fn emit_text<C>(s: &mut Seq<C>) -> Option<FinishReason> {
     if let Some(cut) = s
         .job
         .stop
@@ -528,6 +482,410 @@ fn held_back(text: &str, stops: &[String]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EngineError;
+    use std::sync::Mutex;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    /// The fake vocabulary: token `t` reads `WORDS[t]`; the last one is the stop token.
+    const WORDS: [&str; 8] = ["a", "b", "E", "ND", "x", "y", "z", "<eos>"];
+    const STOP: u32 = 7;
+
+    /// Per step, per input: (sequence tag, tokens fed, logits wanted).
+    type StepLog = Arc<Mutex<Vec<Vec<(u32, usize, bool)>>>>;
+
+    /// A decoder whose output the prompt scripts: a prompt is `[tag, n, s_0 .. s_(n-1)]` and
+    /// the sequence generates `s_0, s_1, ..` cyclically. Steps holding the tag 13 fail, 66
+    /// panic. With a gate, every step is logged and then waits for the test to open it.
+    #[derive(Default)]
+    struct FakeDecoder {
+        log: StepLog,
+        gate: Option<Mutex<std::sync::mpsc::Receiver<()>>>,
+        context: usize,
+    }
+
+    /// A fake sequence cache: every token fed so far (the prompt starts with the script).
+    struct FakeCache(Vec<u32>);
+
+    impl Decoder for FakeDecoder {
+        type Cache = FakeCache;
+
+        fn new_cache(&self, capacity: usize) -> FakeCache {
+            FakeCache(Vec::with_capacity(capacity))
+        }
+
+        fn step(
+            &self,
+            inputs: &mut [SeqInput<'_, FakeCache>],
+        ) -> Result<Vec<Vec<f32>>, EngineError> {
+            let entry: Vec<(u32, usize, bool)> = inputs
+                .iter()
+                .map(|i| {
+                    let tag = i.cache.0.first().or(i.tokens.first()).copied();
+                    (tag.unwrap_or(0), i.tokens.len(), i.logits)
+                })
+                .collect();
+            let tags: Vec<u32> = entry.iter().map(|e| e.0).collect();
+            self.log.lock().unwrap().push(entry);
+            if let Some(g) = &self.gate {
+                let _ = g.lock().unwrap().recv();
+            }
+            if tags.contains(&66) {
+                panic!("marker sequence");
+            }
+            if tags.contains(&13) {
+                return Err(EngineError::Unsupported("unlucky".into()));
+            }
+            let mut rows = Vec::new();
+            for input in inputs.iter_mut() {
+                input.cache.0.extend_from_slice(input.tokens);
+                if input.logits {
+                    let seq = &input.cache.0;
+                    let n = seq[1] as usize;
+                    let generated = seq.len() - 2 - n;
+                    let next = seq[2 + generated % n];
+                    let mut row = vec![0.0; WORDS.len()];
+                    row[next as usize] = 1.0;
+                    rows.push(row);
+                }
+            }
+            Ok(rows)
+        }
+
+        fn context_len(&self) -> usize {
+            if self.context == 0 {
+                1 << 20
+            } else {
+                self.context
+            }
+        }
+
+        fn vocab_size(&self) -> usize {
+            WORDS.len()
+        }
+
+        fn is_stop(&self, token: u32) -> bool {
+            token == STOP
+        }
+
+        fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
+            Ok(ids
+                .iter()
+                .filter(|&&t| t != STOP)
+                .map(|&t| WORDS[t as usize])
+                .collect())
+        }
+    }
+
+    fn limits(running: usize, tokens: usize, capacity: usize) -> GenerationLimits {
+        GenerationLimits {
+            max_running_seqs: running,
+            max_batch_tokens: tokens,
+            queue_capacity: capacity,
+        }
+    }
+
+    fn start(engine: FakeDecoder, limits: GenerationLimits) -> GenerationScheduler {
+        GenerationScheduler::start("fake", Arc::new(engine), limits, None).unwrap()
+    }
+
+    /// A gated decoder, the sender that opens one step per message, and its log.
+    fn gated() -> (FakeDecoder, std::sync::mpsc::Sender<()>, StepLog) {
+        let (open, gate) = std::sync::mpsc::channel();
+        let engine = FakeDecoder {
+            gate: Some(Mutex::new(gate)),
+            ..Default::default()
+        };
+        let log = engine.log.clone();
+        (engine, open, log)
+    }
+
+    /// The prompt `[tag, script.len(), script..]`.
+    fn prompt(tag: u32, script: &[u32]) -> Vec<u32> {
+        let mut p = vec![tag, script.len() as u32];
+        p.extend_from_slice(script);
+        p
+    }
+
+    fn job(prompt: Vec<u32>, max_new: usize) -> (GenerationJob, UnboundedReceiver<GenEvent>) {
+        let (events, rx) = unbounded_channel();
+        let job = GenerationJob {
+            prompt,
+            max_new_tokens: max_new,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+            stop: Vec::new(),
+            ignore_eos: false,
+            events,
+        };
+        (job, rx)
+    }
+
+    /// Submits a greedy job; its event receiver.
+    fn submit(
+        s: &GenerationScheduler,
+        prompt: Vec<u32>,
+        max_new: usize,
+    ) -> UnboundedReceiver<GenEvent> {
+        let (j, rx) = job(prompt, max_new);
+        s.submit(j).unwrap();
+        rx
+    }
+
+    /// Everything a sequence's caller receives: the text, and how it ended.
+    fn outcome(mut rx: UnboundedReceiver<GenEvent>) -> (String, Result<Finished, SchedulerError>) {
+        let mut text = String::new();
+        loop {
+            match rx.blocking_recv() {
+                Some(GenEvent::Text(t)) => text.push_str(&t),
+                Some(GenEvent::Finished(f)) => return (text, Ok(f)),
+                Some(GenEvent::Failed(e)) => return (text, Err(e)),
+                None => return (text, Err(SchedulerError::Stopped("closed".into()))),
+            }
+        }
+    }
+
+    fn wait_until(mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "condition not reached in 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn steps(log: &StepLog) -> Vec<Vec<(u32, usize, bool)>> {
+        log.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn prompts_are_chunked_within_the_token_budget_after_the_decoding_tokens() {
+        let (engine, open, log) = gated();
+        let s = start(engine, limits(4, 8, 16));
+        let blocker = submit(&s, prompt(1, &[0]), 1);
+        wait_until(|| log.lock().unwrap().len() == 1);
+        let a = submit(&s, prompt(10, &[0, 1]), 3); // 4 prompt tokens
+        let b = submit(&s, prompt(20, &[0; 10]), 1); // 12 prompt tokens
+        for _ in 0..8 {
+            let _ = open.send(());
+        }
+        assert!(outcome(blocker).1.is_ok());
+        assert_eq!(outcome(a), ("aba".to_string(), outcome_len(3, 4)));
+        assert!(outcome(b).1.is_ok());
+        assert_eq!(
+            steps(&log),
+            vec![
+                vec![(1, 3, true)],
+                // A's whole prompt, then B's first chunk with the rest of the budget.
+                vec![(10, 4, true), (20, 4, false)],
+                // A decodes one token; B's chunk takes the other seven.
+                vec![(10, 1, true), (20, 7, false)],
+                vec![(10, 1, true), (20, 1, true)],
+            ]
+        );
+    }
+
+    /// The `Finished` fields a test compares: reason Length after `completion` tokens.
+    fn outcome_len(completion: usize, prompt: usize) -> Result<Finished, SchedulerError> {
+        Ok(Finished {
+            reason: FinishReason::Length,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            queue_time: Duration::ZERO,
+            time_to_first_token: Duration::ZERO,
+            compute_time: Duration::ZERO,
+            max_batch: 0,
+            energy: Vec::new(),
+        })
+    }
+
+    impl PartialEq for Finished {
+        /// Counts and reason only (timings vary run to run).
+        fn eq(&self, other: &Self) -> bool {
+            (self.reason, self.prompt_tokens, self.completion_tokens)
+                == (other.reason, other.prompt_tokens, other.completion_tokens)
+        }
+    }
+
+    #[test]
+    fn sequences_are_admitted_in_arrival_order_when_the_slots_are_full() {
+        let (engine, open, log) = gated();
+        let s = start(engine, limits(1, 64, 16));
+        let first = submit(&s, prompt(1, &[0]), 1);
+        wait_until(|| log.lock().unwrap().len() == 1);
+        let rest: Vec<_> = [10, 20, 30]
+            .iter()
+            .map(|&tag| submit(&s, prompt(tag, &[1]), 2))
+            .collect();
+        for _ in 0..16 {
+            let _ = open.send(());
+        }
+        assert!(outcome(first).1.is_ok());
+        for rx in rest {
+            assert_eq!(outcome(rx).0, "bb");
+        }
+        let order: Vec<Vec<u32>> = steps(&log)
+            .iter()
+            .map(|step| step.iter().map(|e| e.0).collect())
+            .collect();
+        assert_eq!(
+            order,
+            vec![
+                vec![1],
+                vec![10],
+                vec![10],
+                vec![20],
+                vec![20],
+                vec![30],
+                vec![30]
+            ]
+        );
+    }
+
+    #[test]
+    fn finished_and_cancelled_sequences_leave_at_once() {
+        let (engine, open, log) = gated();
+        let s = start(engine, limits(4, 64, 16));
+        let blocker = submit(&s, prompt(1, &[0]), 1);
+        wait_until(|| steps(&log).len() == 1);
+        let long = submit(&s, prompt(10, &[0]), 1000);
+        let short = submit(&s, prompt(20, &[1]), 1);
+        let _ = open.send(()); // step 1 (blocker) done
+        wait_until(|| steps(&log).len() == 2); // step 2: both prompts, blocked
+        let _ = open.send(());
+        // `short` finished in step 2: its events are all there before step 3 ends.
+        wait_until(|| steps(&log).len() == 3);
+        assert_eq!(outcome(short).0, "b");
+        drop(long); // the client goes away while step 3 runs
+        let _ = open.send(());
+        for _ in 0..4 {
+            let _ = open.send(());
+        }
+        assert!(outcome(blocker).1.is_ok());
+        wait_until(|| s.in_flight() == 0);
+        let log = steps(&log);
+        assert_eq!(log[1], vec![(10, 3, true), (20, 3, true)]);
+        assert_eq!(log[2], vec![(10, 1, true)], "the finished sequence left");
+        assert_eq!(
+            log.len(),
+            3,
+            "the cancelled sequence was never computed again"
+        );
+    }
+
+    #[test]
+    fn an_engine_error_or_panic_fails_only_the_sequences_of_its_step() {
+        let (engine, open, log) = gated();
+        let s = start(engine, limits(2, 64, 16));
+        let blocker = submit(&s, prompt(1, &[0]), 1);
+        wait_until(|| steps(&log).len() == 1);
+        let bad = submit(&s, prompt(13, &[0]), 2);
+        let beside = submit(&s, prompt(5, &[0]), 2);
+        let after = submit(&s, prompt(6, &[1]), 2); // waits: two slots
+        for _ in 0..16 {
+            let _ = open.send(());
+        }
+        assert!(outcome(blocker).1.is_ok());
+        let (_, err) = outcome(bad);
+        assert!(
+            matches!(err, Err(SchedulerError::Engine(ref m)) if m.contains("unlucky")),
+            "{err:?}"
+        );
+        assert!(outcome(beside).1.is_err(), "it shared the failed step");
+        assert_eq!(outcome(after), ("bb".to_string(), outcome_len(2, 3)));
+        // A panic likewise, and the loop keeps serving.
+        let boom = submit(&s, prompt(66, &[0]), 2);
+        let (_, err) = outcome(boom);
+        assert!(
+            matches!(err, Err(SchedulerError::Panicked(ref m)) if m.contains("marker")),
+            "{err:?}"
+        );
+        let again = submit(&s, prompt(7, &[4]), 1);
+        assert_eq!(outcome(again).0, "x");
+        wait_until(|| s.in_flight() == 0);
+        drop(open);
+    }
+
+    #[test]
+    fn stop_strings_split_across_tokens_end_the_completion() {
+        let s = start(FakeDecoder::default(), limits(4, 64, 16));
+        let (mut j, rx) = job(prompt(3, &[0, 2, 3, 4]), 10);
+        j.stop = vec!["END".into()];
+        s.submit(j).unwrap();
+        let (text, end) = outcome(rx);
+        assert_eq!(text, "a", "the text before the stop string, nothing of it");
+        let end = end.unwrap();
+        assert_eq!((end.reason, end.completion_tokens), (FinishReason::Stop, 3));
+        // A held-back prefix that does not become a stop string is sent after all, and the
+        // text held at the end is flushed.
+        let (mut j, rx) = job(prompt(3, &[0, 2, 3, 4]), 6);
+        j.stop = vec!["ENX".into(), "aEx".into()];
+        s.submit(j).unwrap();
+        assert_eq!(outcome(rx), ("aENDxaE".to_string(), outcome_len(6, 6)));
+        let (mut j, rx) = job(prompt(3, &[0, 2]), 4);
+        j.stop = vec!["E!".into()];
+        s.submit(j).unwrap();
+        assert_eq!(outcome(rx), ("aEaE".to_string(), outcome_len(4, 4)));
+        // The stop token ends it too, unless ignored.
+        let rx = submit(&s, prompt(3, &[0, STOP]), 5);
+        let (text, end) = outcome(rx);
+        let end = end.unwrap();
+        assert_eq!(
+            (text.as_str(), end.reason, end.completion_tokens),
+            ("a", FinishReason::Stop, 2)
+        );
+        let (mut j, rx) = job(prompt(3, &[0, STOP]), 5);
+        j.ignore_eos = true;
+        s.submit(j).unwrap();
+        assert_eq!(outcome(rx), ("aaa".to_string(), outcome_len(5, 4)));
+    }
+
+    #[test]
+    fn the_context_length_ends_a_sequence() {
+        let engine = FakeDecoder {
+            context: 6,
+            ..Default::default()
+        };
+        let s = start(engine, limits(4, 64, 16));
+        let rx = submit(&s, prompt(3, &[0, 1]), 100);
+        assert_eq!(outcome(rx), ("ab".to_string(), outcome_len(2, 4)));
+    }
+
+    #[test]
+    fn queue_capacity_is_released_on_every_path() {
+        let (engine, open, log) = gated();
+        let s = start(engine, limits(1, 64, 3));
+        let blocker = submit(&s, prompt(1, &[0]), 1);
+        wait_until(|| steps(&log).len() == 1);
+        let failing = submit(&s, prompt(13, &[0]), 2);
+        let abandoned = submit(&s, prompt(20, &[0]), 2);
+        let (j, _rx) = job(prompt(30, &[0]), 1);
+        assert!(
+            matches!(
+                s.submit(j),
+                Err(SchedulerError::QueueFull { capacity: 3, .. })
+            ),
+            "a fourth request is refused"
+        );
+        drop(abandoned); // leaves while waiting
+        for _ in 0..8 {
+            let _ = open.send(());
+        }
+        assert!(outcome(blocker).1.is_ok()); // finished
+        assert!(outcome(failing).1.is_err()); // failed
+        wait_until(|| s.in_flight() == 0);
+        // All three places are free again.
+        let again: Vec<_> = (0..3)
+            .map(|i| submit(&s, prompt(40 + i, &[1]), 1))
+            .collect();
+        for _ in 0..8 {
+            let _ = open.send(());
+        }
+        for rx in again {
+            assert_eq!(outcome(rx).0, "b");
+        }
+        wait_until(|| s.in_flight() == 0);
+    }
 
     #[test]
     fn held_back_keeps_only_a_possible_stop_prefix() {

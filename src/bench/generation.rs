@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::load::Stop;
+use super::report::GenLevelReport;
 
 /// Chat prompts used when no `--inputs` file is given: short questions of the kind the peers'
 /// numbers were taken with.
@@ -34,39 +34,6 @@ struct StreamSample {
     itl: Option<Duration>,
     tokens: u64,
     joules: Option<f64>,
-}
-
-/// One model at one number of concurrent streams.
-#[derive(Debug, Clone, Serialize)]
-pub struct GenLevelReport {
-    /// Model name.
-    pub model: String,
-    /// Concurrent streams.
-    pub streams: usize,
-    /// Wall time of the level.
-    pub seconds: f64,
-    /// Completions finished.
-    pub requests: u64,
-    /// Requests that failed (status or stream error).
-    pub errors: u64,
-    /// Output tokens of all completions.
-    pub output_tokens: u64,
-    /// Output tokens per second, all streams together.
-    pub tokens_per_s: f64,
-    /// Time to first token, median.
-    pub ttft_p50_ms: f64,
-    /// Time to first token, 99th percentile.
-    pub ttft_p99_ms: f64,
-    /// Inter-token latency (per completion mean), median.
-    pub itl_p50_ms: f64,
-    /// Inter-token latency (per completion mean), 99th percentile.
-    pub itl_p99_ms: f64,
-    /// Decode speed of one stream: 1 / median inter-token latency.
-    pub decode_tokens_per_s_per_stream: f64,
-    /// Joules per output token (all energy of the completions over their output tokens).
-    pub joules_per_token: Option<f64>,
-    /// `x-energy-source` of the figures.
-    pub energy_source: Option<String>,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

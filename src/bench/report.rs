@@ -232,7 +232,7 @@ pub struct BenchReport {
     /// One row per model and load level.
     pub levels: Vec<LevelReport>,
     /// Generation models: one row per model and number of concurrent streams.
-    pub generation: Vec<super::generation::GenLevelReport>,
+    pub generation: Vec<GenLevelReport>,
 }
 
 /// Renders the report as a plain-text table.
@@ -364,4 +364,37 @@ fn fmt_load(l: Option<[f64; 3]>) -> String {
     l.map_or("n/a".into(), |l| {
         format!("{:.2} {:.2} {:.2}", l[0], l[1], l[2])
     })
+}
+
+/// One model at one number of concurrent streams.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenLevelReport {
+    /// Model name.
+    pub model: String,
+    /// Concurrent streams.
+    pub streams: usize,
+    /// Wall time of the level.
+    pub seconds: f64,
+    /// Completions finished.
+    pub requests: u64,
+    /// Requests that failed (status or stream error).
+    pub errors: u64,
+    /// Output tokens of all completions.
+    pub output_tokens: u64,
+    /// Output tokens per second, all streams together.
+    pub tokens_per_s: f64,
+    /// Time to first token, median.
+    pub ttft_p50_ms: f64,
+    /// Time to first token, 99th percentile.
+    pub ttft_p99_ms: f64,
+    /// Inter-token latency (per completion mean), median.
+    pub itl_p50_ms: f64,
+    /// Inter-token latency (per completion mean), 99th percentile.
+    pub itl_p99_ms: f64,
+    /// Decode speed of one stream: 1 / median inter-token latency.
+    pub decode_tokens_per_s_per_stream: f64,
+    /// Joules per output token (all energy of the completions over their output tokens).
+    pub joules_per_token: Option<f64>,
+    /// `x-energy-source` of the figures.
+    pub energy_source: Option<String>,
 }

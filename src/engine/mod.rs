@@ -1,32 +1,22 @@
 //! Model execution: devices, precisions, the model implementations, tokenizers and weight loading.
 //!
-//! `engine` knows nothing of HTTP or queues: it turns token ids into vectors (encoders) or
-//! next-token logits (decoders). The scheduler in
-//! [`crate::batch`] owns an engine on a dedicated compute thread.
+//! `engine` knows nothing of HTTP or queues: it turns token ids into vectors (encoders, behind
+//! [`Embedder`]) or next-token logits (decoders, behind [`Decoder`]). The schedulers in
+//! [`crate::batch`] own an engine on a dedicated compute thread and are written against these
+//! two traits only.
 
-pub mod activation;
-pub(crate) mod attention;
-pub mod bert;
-pub mod chat_template;
-pub mod cpu_pool;
+pub mod decoder;
 pub mod device;
-pub mod embedding_model;
-pub mod generation_model;
+pub mod encoder;
 pub mod gguf;
-pub mod gguf_tokenizer;
-pub mod linear;
-#[cfg(feature = "cuda")]
-pub mod linear_cuda;
-pub mod llama;
-pub mod pooling;
 pub mod precision;
 pub mod sampling;
-pub mod tokenizer;
+pub mod text_stream;
 
+pub use decoder::{GenerationLoadOptions, GenerationModel};
 pub use device::DeviceSpec;
-pub use embedding_model::{Embedder, EmbeddingModel};
+pub use encoder::{EmbeddingLoadOptions, EmbeddingModel, EmbeddingTokenizer, TokenizeError};
 pub use precision::Precision;
-pub use tokenizer::{EmbeddingTokenizer, TokenizeError};
 
 use std::path::PathBuf;
 
@@ -72,4 +62,52 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
         path: path.to_path_buf(),
         message: e.to_string(),
     })
+}
+
+/// What the embedding scheduler's compute thread needs from an encoder. The scheduler is written
+/// against this trait so that tests can drive it with engines that fail on purpose.
+pub trait Embedder: Send + 'static {
+    /// One vector per sequence of token ids (special tokens included), in order.
+    fn embed_tokens(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EngineError>;
+}
+
+/// One sequence's share of a decoder step: the tokens to append at positions
+/// `cache.len()..cache.len() + tokens.len()` of its cache, and whether the caller needs the
+/// next-token logits after the last of them.
+pub struct SeqInput<'a, C> {
+    /// New tokens (a prompt chunk, or the one token sampled last step).
+    pub tokens: &'a [u32],
+    /// The sequence's cache, extended by this step.
+    pub cache: &'a mut C,
+    /// Whether to return the logits after these tokens (false for a prompt chunk that is not
+    /// the prompt's last).
+    pub logits: bool,
+}
+
+/// What the continuous-batching scheduler needs from a text-generation model: per-sequence
+/// caches and one forward step over any mix of prompt chunks and decode tokens. Written as a
+/// trait so the scheduler can be tested with a decoder whose behaviour the test controls.
+pub trait Decoder: Send + Sync + 'static {
+    /// A sequence's state between steps (its KV cache).
+    type Cache: Send;
+
+    /// An empty cache with room reserved for `capacity` tokens (it may grow past them).
+    fn new_cache(&self, capacity: usize) -> Self::Cache;
+
+    /// One forward pass over `inputs`, extending each sequence's cache; returns one row of
+    /// `vocab_size` logits per input with `logits: true`, in order.
+    fn step(&self, inputs: &mut [SeqInput<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>, EngineError>;
+
+    /// Most tokens (prompt + completion) one sequence may hold.
+    fn context_len(&self) -> usize;
+
+    /// Width of a logits row.
+    fn vocab_size(&self) -> usize;
+
+    /// Whether `token` ends a completion (end-of-sequence, end-of-turn).
+    fn is_stop(&self, token: u32) -> bool;
+
+    /// The text of `ids`, special tokens skipped (generated text is streamed through
+    /// [`text_stream::TextStream`] with this).
+    fn decode(&self, ids: &[u32]) -> Result<String, EngineError>;
 }

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod nvml;
 pub mod pricing;
 pub mod rapl;
+pub mod settings;
 pub mod source;
 pub mod zones;
 
@@ -21,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::config::{EnergyConfig, SourceChoice};
 use crate::engine::DeviceSpec;
 use crate::metrics as m;
 use ledger::{BatchEnergy, BatchId, Ledger};
 use pricing::Pricing;
+use settings::{EnergyConfig, SourceChoice};
 use source::{EnergySource, SourceError};
 
 /// A request's claim on one batch's energy: the batch's final figures times `fraction` (the
@@ -357,7 +358,7 @@ mod tests {
             ..EnergyConfig::default()
         };
         let pricing = Arc::new(Pricing::from_config(
-            &crate::config::CarbonConfig::default(),
+            &settings::CarbonConfig::default(),
             &Default::default(),
         ));
         let meter = Meter::start(Box::new(source), &cfg, pricing);
@@ -392,7 +393,7 @@ mod tests {
     async fn shares_settle_to_the_batch_energy_times_fraction() {
         let counter = Arc::new(Mutex::new(0.0));
         let pricing = Arc::new(Pricing::from_config(
-            &crate::config::CarbonConfig {
+            &settings::CarbonConfig {
                 intensity: Some(100.0),
                 ..Default::default()
             },

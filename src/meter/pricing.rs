@@ -5,7 +5,7 @@
 //! intensity, plus `M`, the hardware's embodied emissions spread linearly over its lifetime and
 //! charged by device-seconds. Cost = `kWh × PUE × price` + device-seconds × hourly hardware cost.
 
-use crate::config::{CarbonConfig, CostConfig};
+use super::settings::{CarbonConfig, CostConfig};
 
 use super::zones;
 

@@ -14,25 +14,44 @@ pub fn models_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models")
 }
 
-/// `../shared/fixtures`, next to the checkout (or `WATTSERVE_FIXTURES`).
+/// The repository's reference data, `tests/fixtures/` (its README says where each number came
+/// from).
 pub fn fixtures_dir() -> PathBuf {
-    std::env::var_os("WATTSERVE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// True when the minilm weights are present; otherwise prints why the test is skipped.
-/// `make test` fetches them first, so in CI this is always true.
-pub fn minilm_available() -> bool {
-    let ok = models_dir()
-        .join("minilm/weights/model.safetensors")
-        .is_file();
-    if !ok {
-        eprintln!(
-            "SKIPPED: models/minilm/weights missing; run models/fetch.sh minilm (make test does)"
-        );
+/// Whether a test that lacks its model weights must fail rather than skip: in CI (`CI=true`,
+/// as CI services set it) a missing weight file is a broken set-up, not a reason to pass.
+pub fn weights_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// True when every file in `files` (relative to `models/`) exists. Otherwise prints why the
+/// test is skipped and returns false, or, with `CI=true`, fails the test.
+pub fn weights_available(files: &[&str]) -> bool {
+    let missing: Vec<&str> = files
+        .iter()
+        .copied()
+        .filter(|f| !models_dir().join(f).is_file())
+        .collect();
+    if missing.is_empty() {
+        return true;
     }
-    ok
+    let msg = format!(
+        "model weights missing: models/{}; run models/fetch.sh (make test does)",
+        missing.join(", models/")
+    );
+    assert!(
+        !weights_required(),
+        "{msg} (CI=true: a missing weight fails)"
+    );
+    eprintln!("SKIPPED: {msg}");
+    false
+}
+
+/// True when the minilm weights are present (see [`weights_available`]).
+pub fn minilm_available() -> bool {
+    weights_available(&["minilm/weights/model.safetensors"])
 }
 
 /// One fixture sentence with its sentence-transformers embedding.
@@ -162,16 +181,12 @@ pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
 }
 
 /// True when the SmolLM2 GGUF (and minilm, which the generation tests' server also loads) is
-/// present; otherwise prints why the test is skipped.
+/// present (see [`weights_available`]).
 pub fn smollm2_available() -> bool {
-    let ok = models_dir()
-        .join("smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf")
-        .is_file()
-        && minilm_available();
-    if !ok {
-        eprintln!("SKIPPED: models missing; run models/fetch.sh (make test does)");
-    }
-    ok
+    weights_available(&[
+        "smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "minilm/weights/model.safetensors",
+    ])
 }
 
 /// A server with `smollm2` and `minilm`.

@@ -1,0 +1,442 @@
+//! Int8 GEMM with weights packed once at load: `y = x Wᵀ + b` where `W` (N × K) is quantized per
+//! output channel and `x` (M × K) per row at call time.
+//!
+//! Packed layout: output channels in blocks of 16, K in groups of 4 (zero-padded); the 64 bytes of
+//! one (block, group) hold, for each of the 16 channels, its 4 consecutive weights. That is exactly
+//! the operand `vpdpbusd` wants (16 × i32 lanes of 4 bytes each), and two 32-byte halves for AVX2.
+//! Every path computes the exact i32 dot products, and one shared epilogue turns them into f32, so
+//! every path gives bit-identical results to the scalar path (tested).
+
+mod layout;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+pub use layout::{BLOCK_N, TILE_M};
+
+use crate::cpu;
+use crate::reference::{quantize_rows, quantize_rows_into};
+
+/// The instruction set a GEMM runs with. Chosen at run time ([`Isa::detect`]) so that one
+/// binary runs the fastest code each CPU has; every path gives the same bits, so tests and
+/// benchmarks may also pick one ([`Isa::available`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX-512 VNNI (`vpdpbusd`, u8 × s8 with the +128 offset trick).
+    Avx512Vnni,
+    /// AVX2 (`vpmaddubsw` on |a| × sign(a)·w, then `vpmaddwd`): no saturation since |q| ≤ 127.
+    Avx2,
+    /// Portable scalar code.
+    Scalar,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports (from [`cpu::features`]).
+    pub fn detect() -> Isa {
+        let f = cpu::features();
+        if f.avx512_vnni() {
+            Isa::Avx512Vnni
+        } else if f.avx2 {
+            Isa::Avx2
+        } else {
+            Isa::Scalar
+        }
+    }
+
+    /// Whether this CPU can run `self`, so that callers (tests, benchmarks, a forced setting)
+    /// never ask [`linear_i8`] for code the CPU lacks.
+    pub fn available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            Isa::Avx2 => cfg!(target_arch = "x86_64") && Isa::detect() != Isa::Scalar,
+            Isa::Avx512Vnni => Isa::detect() == Isa::Avx512Vnni,
+        }
+    }
+
+    /// A short name for logs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512Vnni => "avx512-vnni",
+            Isa::Avx2 => "avx2",
+            Isa::Scalar => "scalar",
+        }
+    }
+}
+
+/// Weights quantized per output channel and packed for the kernels, once at load, so that a
+/// call only quantizes its activations.
+#[derive(Debug, Clone)]
+pub struct PackedWeights {
+    /// Output channels.
+    pub n: usize,
+    /// Inner dimension.
+    pub k: usize,
+    /// Groups of 4 along K (K rounded up to a multiple of 4, divided by 4).
+    k4: usize,
+    /// Blocks of 16 output channels.
+    blocks: usize,
+    data: Vec<i8>,
+    /// One scale per output channel (padding channels: 0).
+    scales: Vec<f32>,
+    /// `Σ_k w[n][k]`, for the VNNI offset correction (read by the x86-64 VNNI path only).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    col_sums: Vec<i32>,
+}
+
+impl PackedWeights {
+    /// Quantizes `w` (row-major N × K, one row per output channel) symmetrically per channel and
+    /// packs it.
+    pub fn quantize(w: &[f32], n: usize, k: usize) -> Self {
+        let q = quantize_rows(w, n, k);
+        let k4 = k.div_ceil(4);
+        let blocks = n.div_ceil(BLOCK_N);
+        let mut data = vec![0i8; blocks * k4 * BLOCK_N * 4];
+        let mut col_sums = vec![0i32; blocks * BLOCK_N];
+        let mut scales = vec![0f32; blocks * BLOCK_N];
+        for ch in 0..n {
+            let (nb, lane) = (ch / BLOCK_N, ch % BLOCK_N);
+            for kk in 0..k {
+                let v = q.values[ch * k + kk];
+                let (kg, j) = (kk / 4, kk % 4);
+                data[((nb * k4 + kg) * BLOCK_N + lane) * 4 + j] = v;
+                col_sums[ch] += v as i32;
+            }
+            scales[ch] = q.scales[ch];
+        }
+        Self {
+            n,
+            k,
+            k4,
+            blocks,
+            data,
+            scales,
+            col_sums,
+        }
+    }
+
+    /// Bytes held (for memory reports).
+    pub fn bytes(&self) -> usize {
+        self.data.len() + 8 * self.scales.len()
+    }
+}
+
+/// Activations quantized per row, K padded to the packed groups, rows padded to [`TILE_M`].
+struct QuantizedActivations {
+    rows: usize,
+    kp: usize,
+    values: Vec<i8>,
+    scales: Vec<f32>,
+}
+
+fn quantize_activations(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    kp: usize,
+    isa: Isa,
+) -> QuantizedActivations {
+    let rows = m.div_ceil(TILE_M) * TILE_M;
+    let mut values = vec![0i8; rows * kp];
+    let mut scales = vec![0f32; rows];
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => {
+            for r in 0..m {
+                // SAFETY: VNNI availability (asserted by `linear_i8`) implies AVX-512F/BW.
+                scales[r] = unsafe {
+                    x86::quantize_row_avx512(
+                        &x[r * k..(r + 1) * k],
+                        &mut values[r * kp..r * kp + k],
+                    )
+                };
+            }
+        }
+        _ => quantize_rows_into(x, m, k, &mut values, kp, &mut scales),
+    }
+    QuantizedActivations {
+        rows,
+        kp,
+        values,
+        scales,
+    }
+}
+
+/// `y (M × N) = x (M × K) · Wᵀ + bias` with int8 arithmetic on `isa` (which must be available).
+/// Rows are split into `threads` parts run on rayon's pool (1 = the calling thread only); each
+/// part quantizes its rows, computes their dot products and rescales them.
+pub fn linear_i8(
+    x: &[f32],
+    m: usize,
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    isa: Isa,
+    threads: usize,
+) -> Vec<f32> {
+    assert_eq!(x.len(), m * w.k, "x must be M × K");
+    assert!(isa.available(), "{isa:?} is not available on this CPU");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), w.n, "bias must have N values");
+    }
+    let mut y = vec![0f32; m * w.n];
+    if m == 0 || w.n == 0 {
+        return y;
+    }
+    let tiles = m.div_ceil(TILE_M);
+    let parts = threads.clamp(1, tiles);
+    let rows_per_part = tiles.div_ceil(parts) * TILE_M;
+    let run = |part: usize, ychunk: &mut [f32]| {
+        let r0 = part * rows_per_part;
+        let rows = ychunk.len() / w.n;
+        let a = quantize_activations(&x[r0 * w.k..(r0 + rows) * w.k], rows, w.k, w.k4 * 4, isa);
+        let np = w.blocks * BLOCK_N;
+        let mut acc = vec![0i32; a.rows * np];
+        dot_rows(&a, &mut acc, w, isa);
+        epilogue(&acc, np, &a.scales[..rows], w, bias, ychunk);
+    };
+    if parts == 1 {
+        run(0, &mut y);
+    } else {
+        use rayon::prelude::*;
+        y.par_chunks_mut(rows_per_part * w.n)
+            .enumerate()
+            .for_each(|(part, chunk)| run(part, chunk));
+    }
+    y
+}
+
+/// The one float step every path shares: `acc × scale_a × scale_w + bias`, row by row.
+fn epilogue(
+    acc: &[i32],
+    np: usize,
+    a_scales: &[f32],
+    w: &PackedWeights,
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let n = w.n;
+    let w_scales = &w.scales[..n];
+    for (r, &sa) in a_scales.iter().enumerate() {
+        let accr = &acc[r * np..r * np + n];
+        let yr = &mut y[r * n..(r + 1) * n];
+        match bias {
+            Some(b) => {
+                for (((out, &a), &sw), &bb) in yr.iter_mut().zip(accr).zip(w_scales).zip(b) {
+                    *out = a as f32 * sa * sw + bb;
+                }
+            }
+            None => {
+                for ((out, &a), &sw) in yr.iter_mut().zip(accr).zip(w_scales) {
+                    *out = a as f32 * sa * sw + 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// Exact `Σ_k q_a[r][k] · q_w[c][k]` for every (padded) row of `a`.
+fn dot_rows(a: &QuantizedActivations, out: &mut [i32], w: &PackedWeights, isa: Isa) {
+    let rows = a.rows;
+    let values = &a.values[..];
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `linear_i8` asserted that the CPU supports the ISA.
+        Isa::Avx512Vnni => unsafe {
+            x86::dot_rows_vnni(
+                values,
+                rows,
+                a.kp,
+                w.k4,
+                w.blocks,
+                &w.data,
+                &w.col_sums,
+                out,
+            )
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx2 => unsafe {
+            x86::dot_rows_avx2(values, rows, a.kp, w.k4, w.blocks, &w.data, out)
+        },
+        _ => dot_rows_scalar(values, rows, a.kp, w, out),
+    }
+}
+
+fn dot_rows_scalar(values: &[i8], rows: usize, kp: usize, w: &PackedWeights, out: &mut [i32]) {
+    let np = w.blocks * BLOCK_N;
+    for r in 0..rows {
+        let arow = &values[r * kp..(r + 1) * kp];
+        for nb in 0..w.blocks {
+            for lane in 0..BLOCK_N {
+                let mut acc = 0i32;
+                for kg in 0..w.k4 {
+                    let base = ((nb * w.k4 + kg) * BLOCK_N + lane) * 4;
+                    for j in 0..4 {
+                        acc += arow[kg * 4 + j] as i32 * w.data[base + j] as i32;
+                    }
+                }
+                out[r * np + nb * BLOCK_N + lane] = acc;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::gemm_i8_reference;
+
+    use crate::test_data::values as data;
+
+    #[test]
+    fn scalar_packed_path_equals_the_unpacked_reference() {
+        let (m, k, n) = (5, 37, 19);
+        let x = data(m * k, 1);
+        let w = data(n * k, 2);
+        let bias = data(n, 3);
+        let packed = PackedWeights::quantize(&w, n, k);
+        let got = linear_i8(&x, m, &packed, Some(&bias), Isa::Scalar, 1);
+        let want = gemm_i8_reference(
+            &quantize_rows(&x, m, k),
+            &quantize_rows(&w, n, k),
+            Some(&bias),
+        );
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn every_available_path_equals_scalar_bit_for_bit() {
+        for (m, k, n, threads) in [
+            (1, 4, 16, 1),
+            (3, 5, 7, 2),
+            (9, 384, 40, 2),
+            (17, 1536, 33, 3),
+            (64, 384, 1536, 2),
+        ] {
+            let x = data(m * k, (m * 7 + k) as u32);
+            let w = data(n * k, (n * 3 + k) as u32);
+            let packed = PackedWeights::quantize(&w, n, k);
+            let want = linear_i8(&x, m, &packed, None, Isa::Scalar, 1);
+            for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+                if isa.available() {
+                    assert_eq!(
+                        linear_i8(&x, m, &packed, None, isa, threads),
+                        want,
+                        "{isa:?} {m}x{k}x{n}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_quantization_equals_scalar_bit_for_bit() {
+        if !Isa::Avx512Vnni.available() {
+            return;
+        }
+        for (len, seed) in [
+            (1usize, 1u32),
+            (15, 2),
+            (16, 3),
+            (17, 4),
+            (384, 5),
+            (1536, 6),
+            (1000, 7),
+        ] {
+            let mut row = data(len, seed);
+            // Exact ties and extremes: the rounding must agree on them too.
+            if len > 3 {
+                row[0] = 1.0;
+                row[1] = 0.5 / 127.0;
+                row[2] = -1.5 / 127.0;
+            }
+            let want = quantize_rows(&row, 1, len);
+            let mut got = vec![0i8; len];
+            // SAFETY: checked above.
+            let scale = unsafe { x86::quantize_row_avx512(&row, &mut got) };
+            assert_eq!(scale, want.scales[0], "len {len}");
+            assert_eq!(got, want.values, "len {len}");
+        }
+    }
+
+    /// Random matrices with the values that stress the arithmetic: zeros, exact rounding ties,
+    /// the per-row maximum in either sign, and magnitudes from tiny to large.
+    fn matrix(len: usize) -> impl proptest::strategy::Strategy<Value = Vec<f32>> {
+        use proptest::prelude::*;
+        let value = prop_oneof![
+            6 => -1.0f32..1.0,
+            1 => Just(0.0f32),
+            1 => (-127i32..=127).prop_map(|q| (q as f32 + 0.5) / 127.0),
+            1 => -1.0e4f32..1.0e4,
+            1 => -1.0e-6f32..1.0e-6,
+        ];
+        proptest::collection::vec(value, len)
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// (m, k, n, threads): m and n cross the 4-row tile and 16-channel block edges, k crosses
+        /// the 4-byte groups and the 64-byte AVX-512 vectors.
+        fn shape() -> impl Strategy<Value = (usize, usize, usize, usize)> {
+            (1usize..=19, 1usize..=300, 1usize..=70, 1usize..=4)
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+            #[test]
+            fn every_simd_path_equals_the_scalar_reference(
+                ((m, k, n, threads), x, w, bias) in shape().prop_flat_map(|(m, k, n, t)| {
+                    (Just((m, k, n, t)), matrix(m * k), matrix(n * k), matrix(n))
+                })
+            ) {
+                let packed = PackedWeights::quantize(&w, n, k);
+                let want = gemm_i8_reference(
+                    &quantize_rows(&x, m, k),
+                    &quantize_rows(&w, n, k),
+                    Some(&bias),
+                );
+                prop_assert_eq!(&linear_i8(&x, m, &packed, Some(&bias), Isa::Scalar, 1), &want);
+                for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+                    if isa.available() {
+                        let got = linear_i8(&x, m, &packed, Some(&bias), isa, threads);
+                        prop_assert_eq!(&got, &want, "{:?} {}x{}x{} threads {}", isa, m, k, n, threads);
+                    }
+                }
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[test]
+            fn simd_activation_quantizer_equals_the_scalar_reference(row in (1usize..=700).prop_flat_map(matrix)) {
+                if Isa::Avx512Vnni.available() {
+                    let want = quantize_rows(&row, 1, row.len());
+                    let mut got = vec![0i8; row.len()];
+                    // SAFETY: AVX-512 availability checked above.
+                    let scale = unsafe { x86::quantize_row_avx512(&row, &mut got) };
+                    prop_assert_eq!(scale.to_bits(), want.scales[0].to_bits());
+                    prop_assert_eq!(got, want.values);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_is_close_to_f32() {
+        let (m, k, n) = (8, 384, 64);
+        let x = data(m * k, 11);
+        let w = data(n * k, 12);
+        let packed = PackedWeights::quantize(&w, n, k);
+        let got = linear_i8(&x, m, &packed, None, Isa::detect(), 2);
+        for r in 0..m {
+            for c in 0..n {
+                let exact: f32 = (0..k).map(|i| x[r * k + i] * w[c * k + i]).sum();
+                assert!(
+                    (got[r * n + c] - exact).abs() < 0.05 * (k as f32).sqrt() / 4.0,
+                    "{} vs {exact}",
+                    got[r * n + c]
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! x86-64 SIMD kernels for [`crate::gemm`]. Each computes exact i32 dot products of int8 rows
+//! against packed weight blocks; see the layout in `gemm/mod.rs`.
+
+use std::arch::x86_64::*;
+
+use super::layout::{BLOCK_N, TILE_M};
+
+/// AVX-512 VNNI: activations as u8 (q + 128) against s8 weights with `vpdpbusd`, then
+/// `- 128 × Σw` per channel. `values` holds `rows` (a multiple of [`TILE_M`]) rows of `kp` bytes.
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX-512BW and AVX-512 VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn dot_rows_vnni(
+    values: &[i8],
+    rows: usize,
+    kp: usize,
+    k4: usize,
+    blocks: usize,
+    weights: &[i8],
+    col_sums: &[i32],
+    out: &mut [i32],
+) {
+    let np = blocks * BLOCK_N;
+    // u8 view with the +128 offset, one row after another.
+    let shifted: Vec<u8> = values.iter().map(|&v| (v as u8) ^ 0x80).collect();
+    let mut nb = 0;
+    // Two blocks × four rows = eight independent accumulator chains: enough to hide vpdpbusd's
+    // latency (one or four chains leave most of its throughput unused).
+    while nb + 1 < blocks {
+        let w0 = weights.as_ptr().add(nb * k4 * 64);
+        let w1 = weights.as_ptr().add((nb + 1) * k4 * 64);
+        let corr0 = _mm512_slli_epi32(
+            _mm512_loadu_si512(col_sums.as_ptr().add(nb * BLOCK_N) as *const _),
+            7,
+        );
+        let corr1 = _mm512_slli_epi32(
+            _mm512_loadu_si512(col_sums.as_ptr().add((nb + 1) * BLOCK_N) as *const _),
+            7,
+        );
+        let mut r = 0;
+        while r < rows {
+            let a = shifted.as_ptr().add(r * kp);
+            let mut c = [_mm512_setzero_si512(); 8];
+            for kg in 0..k4 {
+                let wv0 = _mm512_loadu_si512(w0.add(kg * 64) as *const _);
+                let wv1 = _mm512_loadu_si512(w1.add(kg * 64) as *const _);
+                for i in 0..TILE_M {
+                    let av = _mm512_set1_epi32(std::ptr::read_unaligned(
+                        a.add(i * kp + kg * 4) as *const i32
+                    ));
+                    c[i] = _mm512_dpbusd_epi32(c[i], av, wv0);
+                    c[TILE_M + i] = _mm512_dpbusd_epi32(c[TILE_M + i], av, wv1);
+                }
+            }
+            for i in 0..TILE_M {
+                let row = out.as_mut_ptr().add((r + i) * np + nb * BLOCK_N);
+                _mm512_storeu_si512(row as *mut _, _mm512_sub_epi32(c[i], corr0));
+                _mm512_storeu_si512(
+                    row.add(BLOCK_N) as *mut _,
+                    _mm512_sub_epi32(c[TILE_M + i], corr1),
+                );
+            }
+            r += TILE_M;
+        }
+        nb += 2;
+    }
+    if nb < blocks {
+        let wblock = weights.as_ptr().add(nb * k4 * 64);
+        let sums = _mm512_loadu_si512(col_sums.as_ptr().add(nb * BLOCK_N) as *const _);
+        let correction = _mm512_slli_epi32(sums, 7); // 128 × Σw
+        let mut r = 0;
+        while r < rows {
+            let a = shifted.as_ptr().add(r * kp);
+            let mut c = [_mm512_setzero_si512(); TILE_M];
+            for kg in 0..k4 {
+                let wv = _mm512_loadu_si512(wblock.add(kg * 64) as *const _);
+                for (i, acc) in c.iter_mut().enumerate() {
+                    let av = _mm512_set1_epi32(std::ptr::read_unaligned(
+                        a.add(i * kp + kg * 4) as *const i32
+                    ));
+                    *acc = _mm512_dpbusd_epi32(*acc, av, wv);
+                }
+            }
+            for (i, acc) in c.into_iter().enumerate() {
+                let exact = _mm512_sub_epi32(acc, correction);
+                _mm512_storeu_si512(
+                    out.as_mut_ptr().add((r + i) * np + nb * BLOCK_N) as *mut _,
+                    exact,
+                );
+            }
+            r += TILE_M;
+        }
+    }
+}
+
+/// AVX2: `vpmaddubsw(|a|, sign(a)·w)` (at most 2 × 127 × 127, no saturation), then `vpmaddwd`
+/// with ones to i32.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot_rows_avx2(
+    values: &[i8],
+    rows: usize,
+    kp: usize,
+    k4: usize,
+    blocks: usize,
+    weights: &[i8],
+    out: &mut [i32],
+) {
+    let np = blocks * BLOCK_N;
+    let ones = _mm256_set1_epi16(1);
+    for nb in 0..blocks {
+        let wblock = weights.as_ptr().add(nb * k4 * 64);
+        for r in 0..rows {
+            let a = values.as_ptr().add(r * kp);
+            let mut lo = _mm256_setzero_si256();
+            let mut hi = _mm256_setzero_si256();
+            for kg in 0..k4 {
+                let av = _mm256_set1_epi32(std::ptr::read_unaligned(a.add(kg * 4) as *const i32));
+                let aabs = _mm256_abs_epi8(av);
+                let wlo = _mm256_loadu_si256(wblock.add(kg * 64) as *const __m256i);
+                let whi = _mm256_loadu_si256(wblock.add(kg * 64 + 32) as *const __m256i);
+                let plo = _mm256_maddubs_epi16(aabs, _mm256_sign_epi8(wlo, av));
+                let phi = _mm256_maddubs_epi16(aabs, _mm256_sign_epi8(whi, av));
+                lo = _mm256_add_epi32(lo, _mm256_madd_epi16(plo, ones));
+                hi = _mm256_add_epi32(hi, _mm256_madd_epi16(phi, ones));
+            }
+            let dst = out.as_mut_ptr().add(r * np + nb * BLOCK_N);
+            _mm256_storeu_si256(dst as *mut __m256i, lo);
+            _mm256_storeu_si256(dst.add(8) as *mut __m256i, hi);
+        }
+    }
+}
+
+/// Quantizes one row like [`crate::reference::quantize_rows_into`], bit for bit on finite input
+/// (`vcvtps2dq` rounds half to even, as the scalar rounding does), with AVX-512. Returns the scale.
+///
+/// # Safety
+/// The CPU must support AVX-512F and AVX-512BW; `out` must hold `row.len()` bytes.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn quantize_row_avx512(row: &[f32], out: &mut [i8]) -> f32 {
+    let n = row.len();
+    let chunks = n / 16;
+    let mut vmax = _mm512_setzero_ps();
+    for i in 0..chunks {
+        let v = _mm512_loadu_ps(row.as_ptr().add(i * 16));
+        vmax = _mm512_max_ps(vmax, _mm512_abs_ps(v));
+    }
+    let mut max_abs = _mm512_reduce_max_ps(vmax);
+    for &x in &row[chunks * 16..] {
+        max_abs = max_abs.max(x.abs());
+    }
+    let scale = max_abs / 127.0;
+    if scale == 0.0 {
+        out[..n].fill(0);
+        return 0.0;
+    }
+    let inv = 1.0 / scale;
+    let (vinv, lo, hi) = (
+        _mm512_set1_ps(inv),
+        _mm512_set1_ps(-127.0),
+        _mm512_set1_ps(127.0),
+    );
+    for i in 0..chunks {
+        let v = _mm512_mul_ps(_mm512_loadu_ps(row.as_ptr().add(i * 16)), vinv);
+        let v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+        let bytes = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v));
+        _mm_storeu_si128(out.as_mut_ptr().add(i * 16) as *mut __m128i, bytes);
+    }
+    for i in chunks * 16..n {
+        out[i] = crate::reference::round_to_i8((row[i] * inv).clamp(-127.0, 127.0));
+    }
+    scale
+}

@@ -1,0 +1,230 @@
+//! The `Linear` layer every encoder projection goes through, so that the precision of all of them
+//! is switched in one place: dense f32/f16/bf16 through candle, or int8 through our kernels.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::VarBuilder;
+use wattserve_kernels::{default_threads, linear_i8, Isa, PackedWeights};
+
+use crate::engine::{EngineError, Precision};
+
+/// `y = x Wᵀ + b` with `W` of shape `(out, in)`, in the precision the model is served at.
+#[derive(Debug, Clone)]
+pub enum Linear {
+    /// Dense weights in f32, f16 or bf16; compute in the weights' dtype.
+    Dense(candle_nn::Linear),
+    /// int8 weights (per output channel, packed at load), int8 activations quantized per row at
+    /// each call, i32 accumulation, f32 rescale + bias; on the CPU kernels of `wattserve-kernels`.
+    Int8 {
+        /// Packed weights.
+        weights: Arc<PackedWeights>,
+        /// f32 bias.
+        bias: Arc<Vec<f32>>,
+        /// The kernel's instruction set.
+        isa: Isa,
+    },
+    /// The same int8 scheme on a CUDA GPU (`__dp4a` kernels; compiled, never run on a GPU here).
+    #[cfg(feature = "cuda")]
+    Int8Cuda(Arc<super::linear_cuda::CudaInt8Linear>),
+}
+
+impl Linear {
+    /// Loads `weight` `(out_dim, in_dim)` and `bias` `(out_dim)` from `vb` at `precision`.
+    pub fn load(
+        in_dim: usize,
+        out_dim: usize,
+        precision: Precision,
+        vb: VarBuilder,
+    ) -> Result<Self, EngineError> {
+        let weight = vb.get((out_dim, in_dim), "weight")?;
+        let bias = vb.get(out_dim, "bias")?;
+        Self::from_tensors(weight, bias, precision)
+    }
+
+    /// One layer from several stacked along the output dimension (e.g. Q, K and V as one
+    /// `(3H, H)` projection: the input is read, and for int8 quantized, once instead of three
+    /// times). Each part is `(out_dim, in_dim)` under its `VarBuilder`.
+    pub fn load_stacked(
+        in_dim: usize,
+        parts: &[(usize, VarBuilder)],
+        precision: Precision,
+    ) -> Result<Self, EngineError> {
+        let mut weights = Vec::with_capacity(parts.len());
+        let mut biases = Vec::with_capacity(parts.len());
+        for (out_dim, vb) in parts {
+            weights.push(vb.get((*out_dim, in_dim), "weight")?);
+            biases.push(vb.get(*out_dim, "bias")?);
+        }
+        Self::from_tensors(
+            Tensor::cat(&weights, 0)?,
+            Tensor::cat(&biases, 0)?,
+            precision,
+        )
+    }
+
+    /// Builds the layer from `weight` `(out, in)` and `bias` `(out)` at `precision`.
+    pub fn from_tensors(
+        weight: Tensor,
+        bias: Tensor,
+        precision: Precision,
+    ) -> Result<Self, EngineError> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        match precision.dense_dtype() {
+            Some(dtype) => {
+                let weight = weight.to_dtype(dtype)?;
+                let bias = bias.to_dtype(dtype)?;
+                Ok(Linear::Dense(candle_nn::Linear::new(weight, Some(bias))))
+            }
+            None => {
+                let weight = weight.to_dtype(DType::F32)?;
+                let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+                let flat = weight.flatten_all()?.to_vec1::<f32>()?;
+                if !weight.device().is_cpu() {
+                    return Self::int8_on_gpu(&flat, &bias, out_dim, in_dim, weight.device());
+                }
+                let isa = Isa::detect();
+                static LOGGED: std::sync::Once = std::sync::Once::new();
+                LOGGED.call_once(|| {
+                    tracing::info!("int8 GEMM kernel: {} (detected at run time)", isa.name())
+                });
+                Ok(Linear::Int8 {
+                    weights: Arc::new(PackedWeights::quantize(&flat, out_dim, in_dim)),
+                    bias: Arc::new(bias),
+                    isa,
+                })
+            }
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn int8_on_gpu(
+        weight: &[f32],
+        bias: &[f32],
+        out_dim: usize,
+        in_dim: usize,
+        device: &candle_core::Device,
+    ) -> Result<Self, EngineError> {
+        let layer = super::linear_cuda::CudaInt8Linear::new(weight, bias, out_dim, in_dim, device)?;
+        Ok(Linear::Int8Cuda(Arc::new(layer)))
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn int8_on_gpu(
+        _: &[f32],
+        _: &[f32],
+        _: usize,
+        _: usize,
+        device: &candle_core::Device,
+    ) -> Result<Self, EngineError> {
+        Err(EngineError::Unsupported(format!(
+            "precision int8 on {device:?} needs a build with the `cuda` feature"
+        )))
+    }
+
+    /// Bytes of weights and bias held.
+    pub fn weight_bytes(&self) -> usize {
+        match self {
+            Linear::Dense(l) => {
+                let t = |x: &Tensor| x.elem_count() * x.dtype().size_in_bytes();
+                t(l.weight()) + l.bias().map_or(0, t)
+            }
+            Linear::Int8 { weights, bias, .. } => weights.bytes() + 4 * bias.len(),
+            #[cfg(feature = "cuda")]
+            Linear::Int8Cuda(layer) => layer.bytes(),
+        }
+    }
+
+    /// Applies the layer to `x` of shape `(.., in_dim)`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        match self {
+            Linear::Dense(l) => Ok(l.forward(x)?),
+            Linear::Int8 { weights, bias, isa } => {
+                let mut dims = x.dims().to_vec();
+                let k = dims.last().copied().unwrap_or(0);
+                if k != weights.k {
+                    return Err(EngineError::Unsupported(format!(
+                        "int8 linear expects {} inputs, got {k}",
+                        weights.k
+                    )));
+                }
+                let m = x.elem_count() / k.max(1);
+                let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let y = linear_i8(&data, m, weights, Some(bias), *isa, default_threads());
+                if let Some(last) = dims.last_mut() {
+                    *last = weights.n;
+                }
+                Ok(Tensor::from_vec(y, dims, x.device())?)
+            }
+            #[cfg(feature = "cuda")]
+            Linear::Int8Cuda(layer) => Ok(layer.forward(x)?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use std::collections::HashMap;
+
+    #[test]
+    fn dense_forward_matches_hand_computation() {
+        let dev = Device::Cpu;
+        let mut map = HashMap::new();
+        map.insert(
+            "weight".to_string(),
+            Tensor::new(&[[1f32, 2.], [3., 4.], [5., 6.]], &dev).unwrap(),
+        );
+        map.insert(
+            "bias".to_string(),
+            Tensor::new(&[0.5f32, -1., 0.], &dev).unwrap(),
+        );
+        let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
+        let lin = Linear::load(2, 3, Precision::F32, vb).unwrap();
+        let x = Tensor::new(&[[10f32, 100.]], &dev).unwrap();
+        let y = lin.forward(&x).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(y, vec![vec![210.5, 429.0, 650.0]]);
+    }
+
+    #[test]
+    fn int8_forward_keeps_leading_dims_and_approximates_dense() {
+        let dev = Device::Cpu;
+        let (k, n) = (40, 24);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+            .collect();
+        let b: Vec<f32> = (0..n).map(|i| i as f32 / 10.0).collect();
+        let tensors = |w: &Vec<f32>, b: &Vec<f32>| {
+            let mut map = HashMap::new();
+            map.insert(
+                "weight".to_string(),
+                Tensor::from_vec(w.clone(), (n, k), &dev).unwrap(),
+            );
+            map.insert(
+                "bias".to_string(),
+                Tensor::from_vec(b.clone(), n, &dev).unwrap(),
+            );
+            VarBuilder::from_tensors(map, DType::F32, &dev)
+        };
+        let dense = Linear::load(k, n, Precision::F32, tensors(&w, &b)).unwrap();
+        let int8 = Linear::load(k, n, Precision::Int8, tensors(&w, &b)).unwrap();
+        assert!(matches!(int8, Linear::Int8 { .. }));
+        let x: Vec<f32> = (0..2 * 3 * k)
+            .map(|i| ((i * 13 % 29) as f32 / 14.0) - 1.0)
+            .collect();
+        let x = Tensor::from_vec(x, (2, 3, k), &dev).unwrap();
+        let want = dense.forward(&x).unwrap();
+        let got = int8.forward(&x).unwrap();
+        assert_eq!(got.dims(), &[2, 3, n]);
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 0.1, "int8 differs from f32 by {diff}");
+    }
+}

@@ -1,0 +1,194 @@
+//! The tokenizer of a GGUF decoder, built from the file's own `tokenizer.ggml.*` metadata with the
+//! `tokenizers` crate: byte-level BPE from `tokens` + `merges`, the pre-tokenizer named by
+//! `tokenizer.ggml.pre`, control tokens (`<|im_start|>`, ...) parsed as single tokens, and
+//! streaming detokenization that never splits a UTF-8 character.
+//!
+//! Built by hand rather than with a generic GGUF→HF conversion because that adds a prefix space
+//! for SmolLM2 and does not round-trip (see the tests).
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, PreTokenizerWrapper, Tokenizer};
+
+use super::reader::GgufFile;
+use crate::engine::EngineError;
+
+/// GGUF `token_type` of control tokens (bos, eos, chat markers).
+const TOKEN_TYPE_CONTROL: i64 = 3;
+/// GGUF `token_type` of user-defined special tokens.
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+/// Text ↔ token ids for a GGUF decoder, plus its special ids.
+pub struct GenerationTokenizer {
+    inner: Tokenizer,
+    bos: Option<u32>,
+    eos: u32,
+    /// Tokens that end a sequence: eos and, when present, `<|endoftext|>`/`<|eot_id|>`-style
+    /// end-of-turn tokens.
+    stop_ids: Vec<u32>,
+    add_bos: bool,
+    special: Vec<bool>,
+}
+
+impl std::fmt::Debug for GenerationTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GenerationTokenizer")
+            .field("vocab", &self.special.len())
+            .field("eos", &self.eos)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tok_err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Tokenizer(e.to_string())
+}
+
+impl GenerationTokenizer {
+    /// Builds the tokenizer from `file`'s metadata.
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, EngineError> {
+        let model = file.str("tokenizer.ggml.model")?;
+        if model != "gpt2" {
+            return Err(EngineError::Unsupported(format!(
+                "{}: tokenizer model `{model}` is not supported (byte-level BPE `gpt2` only)",
+                file.path().display()
+            )));
+        }
+        let tokens = file.strings("tokenizer.ggml.tokens")?;
+        let merges = file.strings("tokenizer.ggml.merges")?;
+        let types = if file.has("tokenizer.ggml.token_type") {
+            file.integers("tokenizer.ggml.token_type")?
+        } else {
+            vec![1; tokens.len()]
+        };
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i as u32))
+            .collect();
+        let merges: Vec<(String, String)> = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| tok_err(format!("merge `{m}` is not two tokens")))
+            })
+            .collect::<Result<_, _>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(tok_err)?;
+        let mut inner = Tokenizer::new(bpe);
+        let byte_level: PreTokenizerWrapper = ByteLevel::new(false, true, true).into();
+        let pre = if file.has("tokenizer.ggml.pre") {
+            file.str("tokenizer.ggml.pre")?
+        } else {
+            "default"
+        };
+        let pre_tokenizer = match pre {
+            // llama.cpp's SMOLLM pre-tokenizer: every digit alone, then GPT-2's split.
+            "smollm" => Sequence::new(vec![Digits::new(true).into(), byte_level]).into(),
+            "default" | "gpt2" => byte_level,
+            other => {
+                return Err(EngineError::Unsupported(format!(
+                    "{}: pre-tokenizer `{other}` is not supported (smollm, gpt2)",
+                    file.path().display()
+                )))
+            }
+        };
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_decoder(Some(ByteLevel::default()));
+        let special: Vec<bool> = types
+            .iter()
+            .map(|&t| t == TOKEN_TYPE_CONTROL || t == TOKEN_TYPE_USER_DEFINED)
+            .collect();
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&special)
+            .filter(|(_, &s)| s)
+            .map(|(t, _)| AddedToken::from(t.to_string(), true))
+            .collect();
+        inner.add_special_tokens(added).map_err(tok_err)?;
+
+        let id = |key: &str| -> Result<Option<u32>, EngineError> {
+            if !file.has(key) {
+                return Ok(None);
+            }
+            let id = file.u64(key)?;
+            if id as usize >= tokens.len() {
+                return Err(tok_err(format!("{key} = {id} is outside the vocabulary")));
+            }
+            Ok(Some(id as u32))
+        };
+        let eos = id("tokenizer.ggml.eos_token_id")?
+            .ok_or_else(|| tok_err("tokenizer.ggml.eos_token_id is missing"))?;
+        let bos = id("tokenizer.ggml.bos_token_id")?;
+        let mut stop_ids = vec![eos];
+        for name in ["<|endoftext|>", "<|eot_id|>", "<|end_of_text|>"] {
+            if let Some(i) = tokens.iter().position(|t| *t == name) {
+                // Only as a stop token when it is a control token of this vocabulary.
+                if special[i] && !stop_ids.contains(&(i as u32)) {
+                    stop_ids.push(i as u32);
+                }
+            }
+        }
+        let add_bos = if file.has("tokenizer.ggml.add_bos_token") {
+            file.bool("tokenizer.ggml.add_bos_token")?
+        } else {
+            false
+        };
+        Ok(Self {
+            inner,
+            bos,
+            eos,
+            stop_ids,
+            add_bos,
+            special,
+        })
+    }
+
+    /// Token ids of `text`, special tokens written in it (`<|im_start|>`) parsed as such, and bos
+    /// prepended when the model asks for it (`tokenizer.ggml.add_bos_token`).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let enc = self.inner.encode(text, false).map_err(tok_err)?;
+        let mut ids = Vec::with_capacity(enc.len() + 1);
+        if self.add_bos {
+            if let Some(bos) = self.bos {
+                ids.push(bos);
+            }
+        }
+        ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// The text of `ids`; special tokens are dropped when `skip_special`.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, EngineError> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    /// Whether `id` ends a sequence (eos or an end-of-turn control token).
+    pub fn is_stop(&self, id: u32) -> bool {
+        self.stop_ids.contains(&id)
+    }
+
+    /// The end-of-sequence id.
+    pub fn eos(&self) -> u32 {
+        self.eos
+    }
+
+    /// The beginning-of-sequence id, when the vocabulary has one.
+    pub fn bos(&self) -> Option<u32> {
+        self.bos
+    }
+
+    /// The text of a token id (`<|im_start|>`, `Ġhello`), for templates and errors.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Whether `id` is a control or user-defined token.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+}
