@@ -80,6 +80,17 @@ pub struct ServerConfig {
     pub models: Vec<String>,
     /// Serve every selected model at this precision instead of its model.toml's.
     pub precision: Option<crate::engine::Precision>,
+    /// Time a client has to send a request's headers; an idle keep-alive connection is closed
+    /// after the same time. Default 10000 ms.
+    pub header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers), bytes; 431 beyond. At least 8192.
+    /// Default 16384.
+    pub max_header_bytes: usize,
+    /// Most connections open at once; more wait in the accept backlog. Default 1024.
+    pub max_connections: usize,
+    /// On SIGTERM / Ctrl-C: time in-flight requests get to finish before open streams are
+    /// ended with an error event and remaining connections are closed. Default 30 s.
+    pub shutdown_grace_s: f64,
 }
 
 impl Default for ServerConfig {
@@ -90,7 +101,23 @@ impl Default for ServerConfig {
             models_dir: PathBuf::from("models"),
             models: Vec::new(),
             precision: None,
+            header_read_timeout_ms: 10_000,
+            max_header_bytes: 16 * 1024,
+            max_connections: 1024,
+            shutdown_grace_s: 30.0,
         }
+    }
+}
+
+impl ServerConfig {
+    /// `header_read_timeout_ms` as a duration.
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    /// `shutdown_grace_s` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs_f64(self.shutdown_grace_s)
     }
 }
 
@@ -218,6 +245,29 @@ impl Config {
         };
         if self.server.host.trim().is_empty() {
             return Err(invalid("server.host", "must not be empty"));
+        }
+        if self.server.header_read_timeout_ms == 0 {
+            return Err(invalid(
+                "server.header_read_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_header_bytes < 8192 {
+            return Err(invalid(
+                "server.max_header_bytes",
+                "must be at least 8192 (the smallest buffer the HTTP parser accepts)",
+            ));
+        }
+        if self.server.max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1"));
+        }
+        if !(self.server.shutdown_grace_s.is_finite()
+            && (0.0..=3600.0).contains(&self.server.shutdown_grace_s))
+        {
+            return Err(invalid(
+                "server.shutdown_grace_s",
+                "must be a number of seconds between 0 and 3600",
+            ));
         }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be at least 1"));

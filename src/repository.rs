@@ -42,6 +42,9 @@ pub struct BatchingSpec {
     pub max_queue_delay_ms: u64,
     /// Requests waiting for compute before new ones are refused with 503.
     pub queue_capacity: usize,
+    /// Generation models: bytes the running sequences' KV caches may hold together, each
+    /// counted at its worst case (prompt + max tokens). Default 2 GiB.
+    pub max_kv_bytes: usize,
 }
 
 impl BatchingSpec {
@@ -62,6 +65,7 @@ impl BatchingSpec {
             max_running_seqs: self.max_batch_size,
             max_batch_tokens: self.max_batch_tokens,
             queue_capacity: self.queue_capacity,
+            max_kv_bytes: self.max_kv_bytes,
         }
     }
 }
@@ -73,6 +77,7 @@ impl Default for BatchingSpec {
             max_batch_tokens: 8192,
             max_queue_delay_ms: 5,
             queue_capacity: 1024,
+            max_kv_bytes: 2 << 30,
         }
     }
 }
@@ -238,6 +243,9 @@ fn read_entry(file: &Path, folder: &str) -> Result<ModelEntry, ConfigError> {
     }
     if b.queue_capacity == 0 {
         return Err(invalid("batching.queue_capacity", "must be at least 1"));
+    }
+    if spec.batching.max_kv_bytes == 0 {
+        return Err(invalid("batching.max_kv_bytes", "must be at least 1"));
     }
     if spec.max_tokens == Some(0) {
         return Err(invalid("max_tokens", "must be at least 1"));

@@ -371,3 +371,70 @@ fn q4_1_logits_are_bit_identical_to_candle_quantized_llama() {
         next = vec![f.output_token_ids[step]];
     }
 }
+
+/// The GGUF reader, the decoder's configuration and the tokenizer see the file as the
+/// reference dump of its metadata does (tests/fixtures/smollm2_gguf_meta.json).
+#[test]
+fn gguf_metadata_matches_the_reference_dump() {
+    use wattserve::engine::decoder::llama::LlamaConfig;
+    use wattserve::engine::gguf::{GenerationTokenizer, GgufFile};
+    if !common::weights_available(&["smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf"]) {
+        return;
+    }
+    let path = common::fixtures_dir().join("smollm2_gguf_meta.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let meta: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let want = &meta["metadata"];
+    let n = |key: &str| want[key].as_u64().unwrap_or_else(|| panic!("{key}")) as usize;
+    let file = GgufFile::open(&gguf_path()).unwrap();
+    for key in [
+        "general.architecture",
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+    ] {
+        assert_eq!(file.str(key).unwrap(), want[key].as_str().unwrap(), "{key}");
+    }
+    assert_eq!(
+        file.str("tokenizer.chat_template").unwrap(),
+        want["tokenizer.chat_template"].as_str().unwrap()
+    );
+    let tokens = file.strings("tokenizer.ggml.tokens").unwrap();
+    assert_eq!(tokens.len(), want["tokenizer.ggml.tokens"]["length"]);
+    let first: Vec<&str> = want["tokenizer.ggml.tokens"]["first"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(&tokens[..first.len()], first.as_slice());
+
+    let cfg = LlamaConfig::from_gguf(&file).unwrap();
+    assert_eq!(cfg.n_layer, n("llama.block_count"));
+    assert_eq!(cfg.context_len, n("llama.context_length"));
+    assert_eq!(cfg.d_model, n("llama.embedding_length"));
+    assert_eq!(cfg.ffn_dim, n("llama.feed_forward_length"));
+    assert_eq!(cfg.n_head, n("llama.attention.head_count"));
+    assert_eq!(cfg.n_kv_head, n("llama.attention.head_count_kv"));
+    assert_eq!(cfg.rope_dim, n("llama.rope.dimension_count"));
+    assert_eq!(cfg.vocab_size, n("llama.vocab_size"));
+    assert_eq!(
+        cfg.rope_base as f64,
+        want["llama.rope.freq_base"].as_f64().unwrap()
+    );
+    assert_eq!(
+        cfg.rms_eps,
+        want["llama.attention.layer_norm_rms_epsilon"]
+            .as_f64()
+            .unwrap() as f32
+    );
+
+    let tok = GenerationTokenizer::from_gguf(&file).unwrap();
+    assert_eq!(tok.bos(), Some(n("tokenizer.ggml.bos_token_id") as u32));
+    assert_eq!(tok.eos(), n("tokenizer.ggml.eos_token_id") as u32);
+    assert_eq!(
+        tok.token_text(tok.eos()).as_deref(),
+        meta["summary"]["eos_token"].as_str()
+    );
+    assert!(tok.is_stop(tok.eos()));
+}

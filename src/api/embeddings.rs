@@ -1,20 +1,19 @@
 //! `POST /v1/embeddings`, OpenAI-compatible.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use super::handler::{self, RequestMetrics, Serving};
 use super::json::JsonBody;
-use super::usage::{set_energy_headers, settle_energy, UsageEnergy};
+use super::usage::{settle_energy, UsageEnergy};
 use super::{ApiError, AppState};
 use crate::batch::{EmbedOutput, EmbeddingScheduler};
 use crate::engine::{EmbeddingTokenizer, TokenizeError};
-use crate::registry::ServedModel;
+use crate::registry::EmbeddingServing;
 
 /// The request body. Unknown fields are ignored, as OpenAI SDKs may send more than we use.
 #[derive(Debug, Deserialize)]
@@ -88,27 +87,11 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
 ) -> Response {
-    let started = Instant::now();
-    // Metric label: the model's name when served, else one fixed label (no unbounded cardinality).
-    let label = state
-        .registry()
-        .ok()
-        .and_then(|r| r.get(&req.model))
-        .map_or_else(|| "unknown".to_string(), |m| m.name.clone());
-    let timeout = state.limits().request_timeout();
-    let resp = match tokio::time::timeout(timeout, serve(&state, req, started)).await {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => e.into_response(),
-        // Dropping `serve` drops the reply receiver: the scheduler skips inputs not yet computed.
-        Err(_) => ApiError::timeout(state.limits().request_timeout_ms).into_response(),
-    };
-    crate::metrics::record_request(
-        &label,
-        "embeddings",
-        resp.status().as_u16(),
-        started.elapsed(),
-    );
-    resp
+    let metrics = RequestMetrics::start(&state, &req.model, "embeddings");
+    // Dropping `serve` on timeout drops the reply receiver: the scheduler skips inputs not yet
+    // computed.
+    let resp = handler::within_timeout(&state, serve(&state, req, metrics.started())).await;
+    metrics.finish(resp)
 }
 
 async fn serve(
@@ -116,21 +99,7 @@ async fn serve(
     req: EmbeddingsRequest,
     started: Instant,
 ) -> Result<Response, ApiError> {
-    let registry = state.registry()?;
-    let model = registry
-        .get(&req.model)
-        .ok_or_else(|| ApiError::model_not_found(&req.model, &registry.names()))?
-        .clone();
-    let emb = model.embedding().ok_or_else(|| {
-        ApiError::bad_request(
-            "wrong_endpoint",
-            format!(
-                "Model `{}` is a generation model; use /v1/chat/completions or /v1/completions",
-                model.name
-            ),
-        )
-        .with_param("model")
-    })?;
+    let (model, emb) = handler::find_model::<EmbeddingServing>(state, &req.model)?;
     let encoding = match req.encoding_format.as_deref() {
         None | Some("float") => Encoding::Float,
         Some("base64") => Encoding::Base64,
@@ -158,14 +127,13 @@ async fn serve(
 
     let tokenizer = emb.tokenizer.clone();
     let truncate = req.truncate;
-    let ids = tokio::task::spawn_blocking(move || tokenize_all(&tokenizer, &texts, truncate))
-        .await
-        .map_err(|e| ApiError::internal(format!("tokenization task failed: {e}")))??;
+    let ids =
+        handler::tokenize_blocking(move || tokenize_all(&tokenizer, &texts, truncate)).await?;
     let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
     crate::metrics::record_tokens(&model.name, "prompt", prompt_tokens);
 
     let output = run(&emb.scheduler, ids).await?;
-    let energy = settle_energy(&model, &output.energy).await?;
+    let energy = settle_energy(model, &output.energy).await?;
     let data = output
         .embeddings
         .iter()
@@ -189,12 +157,16 @@ async fn serve(
             energy: energy.clone(),
         },
     };
-    let mut resp = Json(body).into_response();
-    set_serving_headers(resp.headers_mut(), &model, &output, started.elapsed());
-    if let Some(e) = &energy {
-        set_energy_headers(resp.headers_mut(), e);
-    }
-    Ok(resp)
+    let serving = Serving {
+        model,
+        batch_size: Some(output.batch_size),
+        timing: &[
+            ("queue", output.queue_time),
+            ("compute", output.compute_time),
+        ],
+        until_now: ("total", started),
+    };
+    Ok(handler::metered_json(body, serving, energy.as_ref()))
 }
 
 async fn run(scheduler: &EmbeddingScheduler, ids: Vec<Vec<u32>>) -> Result<EmbedOutput, ApiError> {
@@ -299,27 +271,6 @@ fn tokenize_all(
 fn encode_base64(v: &[f32]) -> String {
     let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
     base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-fn set_serving_headers(h: &mut HeaderMap, model: &ServedModel, out: &EmbedOutput, total: Duration) {
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(HeaderName::from_static(name), v);
-        }
-    };
-    put("x-model", model.name.clone());
-    put("x-precision", model.precision.to_string());
-    put("x-batch-size", out.batch_size.to_string());
-    put(
-        "server-timing",
-        format!(
-            "queue;dur={:.3}, compute;dur={:.3}, total;dur={:.3}",
-            ms(out.queue_time),
-            ms(out.compute_time),
-            ms(total)
-        ),
-    );
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 pub mod completions;
 pub mod embeddings;
 pub mod error;
+pub mod handler;
 pub mod json;
 pub mod meta;
 pub mod request_id;

@@ -62,11 +62,7 @@ pub fn put_header(h: &mut HeaderMap, name: &'static str, value: String) {
 /// The metering contract's headers. `{}` prints an f64 as the shortest text that parses back to
 /// the same number, so summing headers reproduces the metric totals up to addition order.
 pub fn set_energy_headers(h: &mut HeaderMap, e: &UsageEnergy) {
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(HeaderName::from_static(name), v);
-        }
-    };
+    let mut put = |name: &'static str, value: String| put_header(h, name, value);
     put("x-energy-joules", format!("{}", e.joules));
     put("x-energy-source", e.source.to_string());
     put("x-power-watts", format!("{:.3}", e.avg_watts));

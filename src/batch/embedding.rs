@@ -302,18 +302,44 @@ impl BatchLoop {
         tracing::debug!(model = %self.model, dropped, "dropped inputs of requests whose client has gone");
     }
 
-    /// Takes the oldest item plus, from the next `window` items, those closest to it in length,
-    /// within the size and padded-token limits.
+    /// Takes the oldest item plus, among the first `window` waiting items in round-robin order
+    /// across requests, those [`plan_batch`] picks.
     fn form_batch(&mut self) -> Vec<Item> {
+        // Each waiting item's round (inputs of its request ahead of it); the window is the
+        // first `window` items by (round, arrival), so the next input of every waiting
+        // request is a candidate however many inputs an older request still has.
+        let mut seen: HashMap<u64, usize> = HashMap::new();
+        let mut keyed: Vec<(usize, usize)> = self
+            .pending
+            .iter()
+            .enumerate()
+            .map(|(position, item)| {
+                let rank = seen.entry(item.job).or_insert(0);
+                *rank += 1;
+                (*rank - 1, position)
+            })
+            .collect();
+        if keyed.len() > self.window {
+            keyed.select_nth_unstable(self.window);
+            keyed.truncate(self.window);
+        }
+        keyed.sort_unstable();
+        let candidates: Vec<Candidate> = keyed
+            .iter()
+            .map(|&(round, position)| Candidate {
+                len: self.pending[position].len,
+                round,
+            })
+            .collect();
         let plan = plan_batch(
-            self.pending.iter().take(self.window).map(|i| i.len),
+            &candidates,
             self.limits.max_batch_size,
             self.limits.max_batch_tokens,
         );
         // Remove the chosen positions, highest first so lower positions stay valid.
-        let mut batch: Vec<Item> = Vec::with_capacity(plan.len());
-        let mut positions = plan;
+        let mut positions: Vec<usize> = plan.iter().map(|&c| keyed[c].1).collect();
         positions.sort_unstable_by(|a, b| b.cmp(a));
+        let mut batch: Vec<Item> = Vec::with_capacity(positions.len());
         for p in positions {
             if let Some(item) = self.pending.remove(p) {
                 batch.push(item);
@@ -421,28 +447,35 @@ impl BatchLoop {
     }
 }
 
-/// Chooses a batch among waiting items given by their lengths, oldest first: position 0 (the
-/// oldest) always, then the others in order of closeness of length to it (ties: older first),
-/// while the batch stays within `max_size` items and `max_tokens` padded tokens (longest × count;
-/// the oldest alone may exceed it). Returns positions.
-pub fn plan_batch(
-    lens: impl Iterator<Item = usize>,
-    max_size: usize,
-    max_tokens: usize,
-) -> Vec<usize> {
-    let lens: Vec<usize> = lens.collect();
-    let Some(&anchor) = lens.first() else {
+/// One waiting input as the batch planner sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidate {
+    /// Its tokens (at least 1).
+    pub len: usize,
+    /// How many inputs of the same request wait ahead of it: 0 for each request's next input.
+    pub round: usize,
+}
+
+/// Chooses a batch among waiting inputs, given oldest request first: position 0 (the oldest
+/// request's next input) always, then the others by round (every request's next input before
+/// any request's second: one large request cannot fill every batch), within a round by
+/// closeness of length to the first (ties: older first), while the batch stays within
+/// `max_size` inputs and `max_tokens` padded tokens (longest × count; the first alone may
+/// exceed it). Returns positions.
+pub fn plan_batch(candidates: &[Candidate], max_size: usize, max_tokens: usize) -> Vec<usize> {
+    let Some(first) = candidates.first() else {
         return Vec::new();
     };
-    let mut candidates: Vec<usize> = (1..lens.len()).collect();
-    candidates.sort_by_key(|&p| (lens[p].abs_diff(anchor), p));
+    let anchor = first.len;
+    let mut order: Vec<usize> = (1..candidates.len()).collect();
+    order.sort_by_key(|&p| (candidates[p].round, candidates[p].len.abs_diff(anchor), p));
     let mut chosen = vec![0];
     let mut longest = anchor;
-    for p in candidates {
+    for p in order {
         if chosen.len() >= max_size {
             break;
         }
-        let new_longest = longest.max(lens[p]);
+        let new_longest = longest.max(candidates[p].len);
         if new_longest * (chosen.len() + 1) > max_tokens {
             continue;
         }
@@ -519,19 +552,35 @@ mod tests {
         }
     }
 
+    /// Candidates of single-input requests (all in round 0) of these lengths.
+    fn singles(lens: &[usize]) -> Vec<Candidate> {
+        lens.iter()
+            .map(|&len| Candidate { len, round: 0 })
+            .collect()
+    }
+
     #[test]
     fn plan_takes_the_oldest_and_its_nearest_lengths_within_limits() {
         assert_eq!(
-            plan_batch([5, 50, 6, 4, 49].into_iter(), 3, 1000),
+            plan_batch(&singles(&[5, 50, 6, 4, 49]), 3, 1000),
             vec![0, 2, 3]
         );
         // Token cap: 50 × 2 > 60, so only short ones join the long anchor... none fit.
-        assert_eq!(plan_batch([50, 5, 6].into_iter(), 4, 60), vec![0]);
+        assert_eq!(plan_batch(&singles(&[50, 5, 6]), 4, 60), vec![0]);
         assert_eq!(
-            plan_batch([10, 10, 10, 10].into_iter(), 8, 30),
+            plan_batch(&singles(&[10, 10, 10, 10]), 8, 30),
             vec![0, 1, 2]
         );
-        assert!(plan_batch(std::iter::empty(), 4, 10).is_empty());
+        assert!(plan_batch(&[], 4, 10).is_empty());
+    }
+
+    #[test]
+    fn plan_takes_every_requests_next_input_before_any_second_one() {
+        let c = |len, round| Candidate { len, round };
+        // A big request's inputs (rounds 0..) and a small request's one input (round 0), whose
+        // length is the farthest from the anchor: it still rides in this batch.
+        let candidates = [c(10, 0), c(30, 0), c(10, 1), c(10, 2), c(10, 3)];
+        assert_eq!(plan_batch(&candidates, 3, 1000), vec![0, 1, 2]);
     }
 
     #[tokio::test]
@@ -653,6 +702,29 @@ mod tests {
         );
         // And short newcomers were grouped together rather than with the long one.
         assert!(log.iter().filter(|b| b.len() == 2).count() >= 10, "{log:?}");
+    }
+
+    #[test]
+    fn a_small_request_behind_a_huge_one_rides_in_the_next_batch() {
+        let (engine, open, log) = gated();
+        let s = EmbeddingScheduler::start("t", Box::new(engine), spec(4, 0, 16), None).unwrap();
+        let blocker = s.submit(vec![vec![1]]).unwrap();
+        wait_until(|| s.queue_depth() == 0);
+        let huge = s.submit((0..64).map(|_| vec![9; 5]).collect()).unwrap();
+        let small = s.submit(vec![vec![7; 5]]).unwrap();
+        for _ in 0..32 {
+            let _ = open.send(());
+        }
+        drop(s);
+        assert!(blocker.blocking_recv().unwrap().is_ok());
+        assert_eq!(small.blocking_recv().unwrap().unwrap().embeddings.len(), 1);
+        assert_eq!(huge.blocking_recv().unwrap().unwrap().embeddings.len(), 64);
+        let log = log.lock().unwrap();
+        let position = log.iter().position(|b| b.contains(&7)).unwrap();
+        assert_eq!(
+            position, 1,
+            "the small request waited behind the huge one: {log:?}"
+        );
     }
 
     #[test]

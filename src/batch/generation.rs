@@ -30,6 +30,10 @@ pub struct GenerationLimits {
     pub max_batch_tokens: usize,
     /// Requests admitted (running or waiting) before new ones get 503.
     pub queue_capacity: usize,
+    /// Bytes the KV caches of running sequences may hold together, counting each sequence at
+    /// its worst case (prompt + `max_new_tokens`): a sequence starts only while it fits, so
+    /// cache memory is bounded by configuration. One sequence alone always starts.
+    pub max_kv_bytes: usize,
 }
 
 /// What a caller asks for.
@@ -235,15 +239,32 @@ impl<D: Decoder> StepLoop<D> {
                 self.waiting.push_back(sub);
             }
             self.drop_abandoned();
-            while self.running.len() < self.limits.max_running_seqs {
-                match self.waiting.pop_front() {
-                    Some(sub) => self.running.push(Seq::new(sub)),
-                    None => break,
-                }
-            }
+            self.admit_waiting();
             m::set_queue_depth(&self.model, self.waiting.len());
             if !self.running.is_empty() {
                 self.step();
+            }
+        }
+    }
+
+    /// Starts waiting sequences in arrival order while a slot is free and their worst-case KV
+    /// cache fits the budget beside the running ones' (the first in line waits for room rather
+    /// than being overtaken, so a long request is not starved by short ones).
+    fn admit_waiting(&mut self) {
+        let per_token = self.engine.cache_bytes_per_token();
+        let worst = |job: &GenerationJob| (job.prompt.len() + job.max_new_tokens) * per_token;
+        let mut reserved: usize = self.running.iter().map(|s| worst(&s.job)).sum();
+        while self.running.len() < self.limits.max_running_seqs {
+            let Some(next) = self.waiting.front() else {
+                break;
+            };
+            let need = worst(&next.job);
+            if !self.running.is_empty() && reserved + need > self.limits.max_kv_bytes {
+                break;
+            }
+            reserved += need;
+            if let Some(sub) = self.waiting.pop_front() {
+                self.running.push(Seq::new(sub));
             }
         }
     }
@@ -563,6 +584,10 @@ mod tests {
             WORDS.len()
         }
 
+        fn cache_bytes_per_token(&self) -> usize {
+            1
+        }
+
         fn is_stop(&self, token: u32) -> bool {
             token == STOP
         }
@@ -581,6 +606,7 @@ mod tests {
             max_running_seqs: running,
             max_batch_tokens: tokens,
             queue_capacity: capacity,
+            max_kv_bytes: usize::MAX,
         }
     }
 
@@ -885,6 +911,41 @@ mod tests {
             assert_eq!(outcome(rx).0, "b");
         }
         wait_until(|| s.in_flight() == 0);
+    }
+
+    #[test]
+    fn sequences_start_only_while_their_worst_case_cache_fits_the_budget() {
+        let (engine, open, log) = gated();
+        // One byte per token: a prompt of 3 plus 3 new tokens reserves 6; the budget holds two.
+        let limits = GenerationLimits {
+            max_kv_bytes: 12,
+            ..limits(8, 64, 16)
+        };
+        let s = start(engine, limits);
+        let blocker = submit(&s, prompt(1, &[0]), 3);
+        wait_until(|| steps(&log).len() == 1);
+        let a = submit(&s, prompt(10, &[0]), 3);
+        let b = submit(&s, prompt(20, &[0]), 3);
+        let huge = submit(&s, prompt(30, &[0]), 50); // alone over the budget: runs alone
+        for _ in 0..64 {
+            let _ = open.send(());
+        }
+        for rx in [blocker, a, b, huge] {
+            assert!(outcome(rx).1.is_ok());
+        }
+        let log = steps(&log);
+        let together = |tags: &[u32]| {
+            log.iter()
+                .any(|step| tags.iter().all(|t| step.iter().any(|e| e.0 == *t)))
+        };
+        assert!(together(&[1, 10]), "two fit: {log:?}");
+        assert!(!together(&[1, 10, 20]), "three never ran together: {log:?}");
+        assert!(
+            log.iter()
+                .filter(|step| step.iter().any(|e| e.0 == 30))
+                .all(|step| step.len() == 1),
+            "the sequence over the budget ran alone: {log:?}"
+        );
     }
 
     #[test]

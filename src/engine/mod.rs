@@ -104,6 +104,10 @@ pub trait Decoder: Send + Sync + 'static {
     /// Width of a logits row.
     fn vocab_size(&self) -> usize;
 
+    /// Bytes one token occupies in a sequence's cache (all layers, keys and values): what the
+    /// scheduler's KV-cache budget is counted in.
+    fn cache_bytes_per_token(&self) -> usize;
+
     /// Whether `token` ends a completion (end-of-sequence, end-of-turn).
     fn is_stop(&self, token: u32) -> bool;
 

@@ -30,20 +30,36 @@ impl Default for SamplingParams {
     }
 }
 
+/// A sampling parameter outside its range. Each variant is one parameter, so that a caller can
+/// name it (the API's `param`) without reading the message.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum SamplingError {
+    /// `temperature` outside 0–2.
+    #[error("temperature must be between 0 and 2, got {0}")]
+    Temperature(f32),
+    /// `top_p` outside (0, 1].
+    #[error("top_p must be greater than 0 and at most 1, got {0}")]
+    TopP(f32),
+}
+
+impl SamplingError {
+    /// The name of the parameter at fault, as OpenAI's API spells it.
+    pub fn param(&self) -> &'static str {
+        match self {
+            SamplingError::Temperature(_) => "temperature",
+            SamplingError::TopP(_) => "top_p",
+        }
+    }
+}
+
 impl SamplingParams {
-    /// Checks the ranges; the message names the parameter and its allowed range (for a 400).
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the ranges; the error names the parameter and its message the allowed range.
+    pub fn validate(&self) -> Result<(), SamplingError> {
         if !(0.0..=2.0).contains(&self.temperature) {
-            return Err(format!(
-                "temperature must be between 0 and 2, got {}",
-                self.temperature
-            ));
+            return Err(SamplingError::Temperature(self.temperature));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(format!(
-                "top_p must be greater than 0 and at most 1, got {}",
-                self.top_p
-            ));
+            return Err(SamplingError::TopP(self.top_p));
         }
         Ok(())
     }
@@ -227,18 +243,22 @@ mod tests {
 
     #[test]
     fn validation_names_the_parameter() {
-        assert!(params(2.5, 1.0, 0, 0)
-            .validate()
-            .unwrap_err()
-            .contains("temperature"));
-        assert!(params(1.0, 0.0, 0, 0)
-            .validate()
-            .unwrap_err()
-            .contains("top_p"));
-        assert!(params(1.0, 1.5, 0, 0)
-            .validate()
-            .unwrap_err()
-            .contains("top_p"));
+        let err = params(2.5, 1.0, 0, 0).validate().unwrap_err();
+        assert_eq!(err.param(), "temperature");
+        assert_eq!(
+            err.to_string(),
+            "temperature must be between 0 and 2, got 2.5"
+        );
+        let err = params(1.0, 0.0, 0, 0).validate().unwrap_err();
+        assert_eq!(err.param(), "top_p");
+        assert_eq!(
+            err.to_string(),
+            "top_p must be greater than 0 and at most 1, got 0"
+        );
+        assert_eq!(
+            params(1.0, 1.5, 0, 0).validate(),
+            Err(SamplingError::TopP(1.5))
+        );
         assert!(params(0.0, 1.0, 0, 0).validate().is_ok());
     }
 }

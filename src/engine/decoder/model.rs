@@ -22,6 +22,18 @@ pub struct GenerationLoadOptions {
     pub max_context: Option<usize>,
 }
 
+/// Why a conversation could not be turned into a prompt: the client's to fix (a 400), never the
+/// server's, so it is kept apart from [`EngineError`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RenderChatError {
+    /// The GGUF file carries no chat template.
+    #[error("this model has no chat template; use /v1/completions")]
+    NoTemplate,
+    /// The template rejected the messages (e.g. a role it does not know); its message says why.
+    #[error("{0}")]
+    Rejected(String),
+}
+
 /// The decoder, its tokenizer and chat template, and the context limit it is served with.
 #[derive(Debug)]
 pub struct GenerationModel {
@@ -90,12 +102,12 @@ impl GenerationModel {
         self.context_len
     }
 
-    /// The prompt text for a conversation; an error message (for a 400) when the model has no
-    /// chat template or the template rejects the messages.
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, String> {
+    /// The prompt text for a conversation; an error (for a 400) when the model has no chat
+    /// template or the template rejects the messages.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String, RenderChatError> {
         match &self.template {
-            Some(t) => t.render(messages, true),
-            None => Err("this model has no chat template; use /v1/completions".into()),
+            Some(t) => t.render(messages, true).map_err(RenderChatError::Rejected),
+            None => Err(RenderChatError::NoTemplate),
         }
     }
 
@@ -140,6 +152,11 @@ impl Decoder for GenerationModel {
 
     fn vocab_size(&self) -> usize {
         self.model.config().vocab_size
+    }
+
+    fn cache_bytes_per_token(&self) -> usize {
+        let cfg = self.model.config();
+        cfg.n_layer * 2 * cfg.kv_dim() * std::mem::size_of::<f32>()
     }
 
     fn is_stop(&self, token: u32) -> bool {

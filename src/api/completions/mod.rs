@@ -1,0 +1,206 @@
+//! `POST /v1/chat/completions` and `POST /v1/completions`, OpenAI-compatible, streamed (SSE) or
+//! not, with every response saying what it cost.
+//!
+//! The handlers here only orchestrate: [`validate`] checks the request, the shared
+//! [`crate::api::handler`] core finds the model, tokenizes and times, the scheduler generates,
+//! and [`wire`] (whole responses) or [`sse`] (streams) shapes the answer. Non-streamed responses
+//! carry the metering headers and `usage.energy`; a stream's energy comes in its final usage
+//! chunk (`stream_options.include_usage`), after which `data: [DONE]` ends it. A client that goes
+//! away (closed connection, dropped stream) cancels its sequence at the next step.
+
+pub mod sse;
+pub mod validate;
+pub mod wire;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use self::validate::{FittingPrompt, Plan, Prompt};
+use self::wire::{ChatRequest, CompletionRequest, CompletionResponse, Endpoint, ResponseId};
+use super::handler::{self, RequestMetrics, Serving};
+use super::json::JsonBody;
+use super::usage::settle_energy;
+use super::{ApiError, AppState};
+use crate::batch::generation::{GenEvent, GenerationJob};
+use crate::engine::GenerationModel;
+use crate::registry::{GenerationServing, ServedModel};
+
+/// `POST /v1/chat/completions`.
+pub async fn chat(State(state): State<AppState>, JsonBody(req): JsonBody<ChatRequest>) -> Response {
+    let metrics = RequestMetrics::start(&state, &req.model, Endpoint::Chat.label());
+    let resp = handle(
+        &state,
+        Endpoint::Chat,
+        &req.model,
+        req.fields,
+        req.messages,
+        metrics.started(),
+    )
+    .await;
+    metrics.finish(resp)
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    State(state): State<AppState>,
+    JsonBody(req): JsonBody<CompletionRequest>,
+) -> Response {
+    let metrics = RequestMetrics::start(&state, &req.model, Endpoint::Completions.label());
+    let resp = handle(
+        &state,
+        Endpoint::Completions,
+        &req.model,
+        req.fields,
+        req.prompt,
+        metrics.started(),
+    )
+    .await;
+    metrics.finish(resp)
+}
+
+/// A request ready to queue: its model, options and prompt, all checked.
+struct Prepared<'a> {
+    model: &'a Arc<ServedModel>,
+    gen: &'a GenerationServing,
+    plan: Plan,
+    prompt: FittingPrompt,
+}
+
+/// Prepares the request, then streams it or answers it whole within the request timeout.
+async fn handle(
+    state: &AppState,
+    endpoint: Endpoint,
+    model_name: &str,
+    fields: wire::GenerationFields,
+    raw_prompt: Value,
+    started: Instant,
+) -> Response {
+    match prepare(state, endpoint, model_name, fields, raw_prompt).await {
+        Err(e) => e.into_response(),
+        Ok(p) if p.plan.stream => stream(p, endpoint, started),
+        // Dropping `complete` on timeout drops the event receiver: the sequence is cancelled.
+        Ok(p) => handler::within_timeout(state, complete(p, endpoint, started)).await,
+    }
+}
+
+/// Finds the model, validates the request, renders and tokenizes the prompt (blocking pool)
+/// and checks it against the context length.
+async fn prepare<'a>(
+    state: &'a AppState,
+    endpoint: Endpoint,
+    model_name: &str,
+    fields: wire::GenerationFields,
+    raw_prompt: Value,
+) -> Result<Prepared<'a>, ApiError> {
+    let (model, gen) = handler::find_model::<GenerationServing>(state, model_name)?;
+    let validate::Request { plan, prompt } = validate::request(endpoint, fields, raw_prompt)?;
+    let engine = gen.engine.clone();
+    let ids = handler::tokenize_blocking(move || tokenize(&engine, prompt)).await?;
+    let prompt = validate::check_context(gen, ids, plan.max_tokens, endpoint)?;
+    crate::metrics::record_tokens(&model.name, "prompt", prompt.len());
+    Ok(Prepared {
+        model,
+        gen,
+        plan,
+        prompt,
+    })
+}
+
+/// The prompt's token ids: given, or the text (a conversation rendered by the chat template)
+/// tokenized. CPU work: runs on the blocking pool.
+fn tokenize(engine: &GenerationModel, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
+    let text = match prompt {
+        Prompt::Tokens(ids) => return Ok(ids),
+        Prompt::Text(t) => t,
+        Prompt::Chat(messages) => engine
+            .render_chat(&messages)
+            .map_err(validate::ValidationError::from)?,
+    };
+    engine
+        .tokenizer()
+        .encode(&text)
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Submits the sequence; its events arrive on the receiver.
+fn submit(
+    gen: &GenerationServing,
+    plan: &Plan,
+    prompt: FittingPrompt,
+) -> Result<UnboundedReceiver<GenEvent>, ApiError> {
+    let (tx, rx) = unbounded_channel();
+    let job = GenerationJob {
+        max_new_tokens: prompt.max_new_tokens(),
+        prompt: prompt.into_ids(),
+        sampling: plan.sampling,
+        stop: plan.stop.clone(),
+        ignore_eos: plan.ignore_eos,
+        events: tx,
+    };
+    gen.scheduler.submit(job)?;
+    Ok(rx)
+}
+
+/// Generates the whole completion, settles its energy and answers with the metering headers.
+async fn complete(
+    p: Prepared<'_>,
+    endpoint: Endpoint,
+    started: Instant,
+) -> Result<Response, ApiError> {
+    let mut rx = submit(p.gen, &p.plan, p.prompt)?;
+    let mut text = String::new();
+    let done = loop {
+        match rx.recv().await {
+            Some(GenEvent::Text(piece)) => text.push_str(&piece),
+            Some(GenEvent::Finished(done)) => break done,
+            Some(GenEvent::Failed(e)) => return Err(e.into()),
+            None => return Err(ApiError::internal("the compute thread stopped")),
+        }
+    };
+    let energy = settle_energy(p.model, &done.energy).await?;
+    let body = CompletionResponse::new(
+        ResponseId::new(endpoint, &p.model.name),
+        text,
+        &done,
+        energy.clone(),
+    );
+    let serving = Serving {
+        model: p.model,
+        batch_size: Some(done.max_batch),
+        timing: &[
+            ("queue", done.queue_time),
+            ("ttft", done.time_to_first_token),
+            ("compute", done.compute_time),
+        ],
+        until_now: ("total", started),
+    };
+    Ok(handler::metered_json(body, serving, energy.as_ref()))
+}
+
+/// Submits the sequence and answers at once with its event stream. Only what is known before
+/// the first step goes in the headers: the model, its precision, the time to prepare.
+fn stream(p: Prepared<'_>, endpoint: Endpoint, started: Instant) -> Response {
+    let rx = match submit(p.gen, &p.plan, p.prompt) {
+        Ok(rx) => rx,
+        Err(e) => return e.into_response(),
+    };
+    let rid = ResponseId::new(endpoint, &p.model.name);
+    let events = sse::events(rx, p.model.clone(), rid, p.plan.include_usage);
+    let mut resp = Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    Serving {
+        model: p.model,
+        batch_size: None,
+        timing: &[],
+        until_now: ("prepare", started),
+    }
+    .write(resp.headers_mut());
+    resp
+}

@@ -1,0 +1,151 @@
+//! The server-sent events of a streamed completion: a state machine that turns the sequence's
+//! events into `data:` chunks, ending with the usage chunk (when asked for) and `data: [DONE]`.
+//!
+//! A stream cannot carry headers for what it has not computed yet, so its energy rides on the
+//! usage chunk. Dropping the stream (the client went away) drops the event receiver, which
+//! cancels the sequence at its next step.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::response::sse::Event;
+use futures_util::Stream;
+use serde::Serialize;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::wire::{Chunk, ChunkChoice, CompletionUsage, Endpoint, ResponseId, StreamError};
+use crate::api::usage::settle_energy;
+use crate::api::ApiError;
+use crate::batch::generation::GenEvent;
+use crate::registry::ServedModel;
+
+/// The chunks of one streamed completion, read from its sequence's events.
+pub fn events(
+    rx: UnboundedReceiver<GenEvent>,
+    model: Arc<ServedModel>,
+    rid: ResponseId,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let state = StreamState {
+        rx,
+        model,
+        rid,
+        include_usage,
+        opened: false,
+        closed: false,
+        queued: VecDeque::new(),
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(e) = st.queued.pop_front() {
+                return Some((Ok::<Event, Infallible>(e), st));
+            }
+            if st.closed {
+                return None;
+            }
+            st.next_events().await;
+        }
+    })
+}
+
+/// State of an SSE response.
+struct StreamState {
+    rx: UnboundedReceiver<GenEvent>,
+    model: Arc<ServedModel>,
+    rid: ResponseId,
+    include_usage: bool,
+    /// Role chunk sent (chat).
+    opened: bool,
+    /// `[DONE]` queued: the stream ends once the queue is empty.
+    closed: bool,
+    /// Events ready to send before reading more.
+    queued: VecDeque<Event>,
+}
+
+impl StreamState {
+    /// A chunk with one choice.
+    fn chunk(&self, choice: ChunkChoice) -> Event {
+        data(&Chunk::content(&self.rid, choice, self.include_usage))
+    }
+
+    /// Reads the next event of the sequence (or opens a chat stream) and queues its chunks.
+    async fn next_events(&mut self) {
+        let endpoint = self.rid.endpoint;
+        if !self.opened {
+            self.opened = true;
+            if endpoint == Endpoint::Chat {
+                let e = self.chunk(ChunkChoice::opening());
+                self.queued.push_back(e);
+                return;
+            }
+        }
+        match self.rx.recv().await {
+            Some(GenEvent::Text(piece)) => {
+                if !piece.is_empty() {
+                    let e = self.chunk(ChunkChoice::text(endpoint, piece));
+                    self.queued.push_back(e);
+                }
+            }
+            Some(GenEvent::Finished(done)) => {
+                let last = self.chunk(ChunkChoice::finish(endpoint, done.reason.as_str()));
+                self.queued.push_back(last);
+                if self.include_usage {
+                    // The 200 is out: a meter that cannot settle leaves `energy` out rather
+                    // than failing a completion that was delivered.
+                    let energy = settle_energy(&self.model, &done.energy)
+                        .await
+                        .ok()
+                        .flatten();
+                    let usage = Chunk::usage(&self.rid, CompletionUsage::new(&done, energy));
+                    self.queued.push_back(data(&usage));
+                }
+                self.finish();
+            }
+            Some(GenEvent::Failed(e)) => {
+                let err = ApiError::from(e);
+                self.queued
+                    .push_back(data(&StreamError::new(err.code, err.message)));
+                self.finish();
+            }
+            None => self.finish(),
+        }
+    }
+
+    /// Queues `[DONE]`: nothing is read after it.
+    fn finish(&mut self) {
+        self.queued.push_back(Event::default().data("[DONE]"));
+        self.closed = true;
+    }
+}
+
+/// A `data:` event holding `body` as JSON.
+fn data<T: Serialize>(body: &T) -> Event {
+    match serde_json::to_string(body) {
+        Ok(json) => Event::default().data(json),
+        // The wire types hold strings and numbers only; should one ever fail, the client still
+        // gets an error object rather than a broken stream.
+        Err(e) => {
+            tracing::error!("could not serialize a stream chunk: {e}");
+            Event::default().data(SERIALIZE_FAILED)
+        }
+    }
+}
+
+/// The in-stream error sent when a chunk cannot be serialized.
+const SERIALIZE_FAILED: &str = r#"{"error":{"code":"internal_error","message":"could not serialize a chunk","param":null,"type":"server_error"}}"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fallback_error_is_a_stream_error_object() {
+        let expected = serde_json::to_string(&StreamError::new(
+            "internal_error",
+            "could not serialize a chunk".into(),
+        ))
+        .unwrap();
+        assert_eq!(SERIALIZE_FAILED, expected);
+    }
+}
