@@ -131,6 +131,17 @@ pub struct Limits {
     pub max_inputs_per_request: usize,
     /// Time from arrival to response before the server answers 504. Default 60000 ms.
     pub request_timeout_ms: u64,
+    /// Time the whole request body has to arrive once the headers are in (408 beyond).
+    /// Default 30000 ms.
+    pub body_read_timeout_ms: u64,
+    /// Most tokens one completion may ask for (`max_tokens` above it: 400). Default 4096.
+    pub max_completion_tokens: usize,
+    /// Tokens generated at most when a request gives no `max_tokens` (and the context allows).
+    /// Default 1024.
+    pub default_completion_tokens: usize,
+    /// Whether requests may set `ignore_eos` (generate past the end of the answer, for
+    /// benchmarks). Default false: 400 `invalid_value`.
+    pub allow_ignore_eos: bool,
 }
 
 impl Default for Limits {
@@ -139,6 +150,10 @@ impl Default for Limits {
             max_body_bytes: 2 * 1024 * 1024,
             max_inputs_per_request: 2048,
             request_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
+            max_completion_tokens: 4096,
+            default_completion_tokens: 1024,
+            allow_ignore_eos: false,
         }
     }
 }
@@ -147,6 +162,11 @@ impl Limits {
     /// `request_timeout_ms` as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// `body_read_timeout_ms` as a duration.
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
     }
 }
 
@@ -277,6 +297,23 @@ impl Config {
                 "limits.max_inputs_per_request",
                 "must be at least 1",
             ));
+        }
+        if self.limits.max_completion_tokens == 0 {
+            return Err(invalid(
+                "limits.max_completion_tokens",
+                "must be at least 1",
+            ));
+        }
+        if self.limits.default_completion_tokens == 0
+            || self.limits.default_completion_tokens > self.limits.max_completion_tokens
+        {
+            return Err(invalid(
+                "limits.default_completion_tokens",
+                "must be between 1 and limits.max_completion_tokens",
+            ));
+        }
+        if self.limits.body_read_timeout_ms == 0 {
+            return Err(invalid("limits.body_read_timeout_ms", "must be at least 1"));
         }
         if self.limits.request_timeout_ms == 0 {
             return Err(invalid("limits.request_timeout_ms", "must be at least 1"));

@@ -79,6 +79,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         let server = Server::bind(&config).await?;
         server.run(shutdown_signal()).await
     });
+    // Blocking tasks still running (a tokenization of a request just cut) must not hold the
+    // exit beyond the shutdown deadline.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ (ServeError::Config(_) | ServeError::Load(_))) => {

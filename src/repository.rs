@@ -45,6 +45,9 @@ pub struct BatchingSpec {
     /// Generation models: bytes the running sequences' KV caches may hold together, each
     /// counted at its worst case (prompt + max tokens). Default 2 GiB.
     pub max_kv_bytes: usize,
+    /// Generation models: longest a request waits for a decode slot before it is refused with
+    /// 503 (`queue_timeout`). Default 30000 ms.
+    pub max_queue_wait_ms: u64,
 }
 
 impl BatchingSpec {
@@ -66,6 +69,7 @@ impl BatchingSpec {
             max_batch_tokens: self.max_batch_tokens,
             queue_capacity: self.queue_capacity,
             max_kv_bytes: self.max_kv_bytes,
+            max_queue_wait: std::time::Duration::from_millis(self.max_queue_wait_ms),
         }
     }
 }
@@ -78,6 +82,7 @@ impl Default for BatchingSpec {
             max_queue_delay_ms: 5,
             queue_capacity: 1024,
             max_kv_bytes: 2 << 30,
+            max_queue_wait_ms: 30_000,
         }
     }
 }

@@ -1,12 +1,23 @@
 //! Binding, serving and graceful shutdown: the piece `main` and the integration tests share.
+//!
+//! Shutdown has a deadline. When the shutdown signal comes, `/ready` turns 503 at once, no new
+//! connection is accepted, and requests in flight get `server.shutdown_grace_s` to finish; then
+//! open streams end with a `shutting_down` error event, and whatever is still open a moment later
+//! is closed. The compute threads stop after that, so the process ends within the grace period
+//! plus about a second whatever its clients do.
+
+mod listener;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use listener::{ConnectionLimits, Drained};
+
 use crate::api::{router, AppState};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ServerConfig};
 use crate::registry::{LoadError, Registry};
 use crate::repository::{discover, ModelEntry};
 
@@ -95,16 +106,32 @@ impl Server {
         }
         let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<()>();
         let app = router(state.clone());
-        let serving = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    tokio::select! {
-                        _ = shutdown => tracing::info!("shutdown requested: finishing in-flight requests"),
-                        _ = fail_rx => {}
-                    }
-                })
-                .await
-        });
+        let grace = config.server.shutdown_grace();
+        let draining = state.clone();
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown => tracing::info!(
+                    grace_s = grace.as_secs_f64(),
+                    "shutdown requested: not ready, finishing in-flight requests"
+                ),
+                _ = fail_rx => {}
+            }
+            draining.begin_drain();
+        };
+        let closing = state.clone();
+        let grace_over = async move {
+            tokio::time::sleep(grace).await;
+            tracing::info!("grace period over: ending open streams");
+            closing.end_streams();
+            tokio::time::sleep(STREAMS_END_WITHIN).await;
+        };
+        let serving = tokio::spawn(listener::serve(
+            listener,
+            app,
+            connection_limits(&config.server),
+            stop,
+            grace_over,
+        ));
 
         let loaded = tokio::task::spawn_blocking(move || Registry::load(&entries, &config)).await;
         match loaded {
@@ -125,12 +152,25 @@ impl Server {
                 ))));
             }
         }
-        let result = serving
+        let drained = serving
             .await
             .map_err(|e| std::io::Error::other(format!("server task failed: {e}")))?;
-        // The last handle to the models: dropping it joins the compute threads.
+        // The last handle to the models: dropping it joins the compute threads, which end as
+        // soon as the sequences of the connections just closed are dropped.
         let _ = tokio::task::spawn_blocking(move || drop(state)).await;
-        tracing::info!("stopped");
-        result.map_err(ServeError::Io)
+        tracing::info!(connections_cut = drained.cut, "stopped");
+        Ok(())
+    }
+}
+
+/// How long open streams get to send their final event once the grace period is over.
+const STREAMS_END_WITHIN: Duration = Duration::from_millis(500);
+
+/// The connection layer's bounds from `[server]`.
+fn connection_limits(server: &ServerConfig) -> ConnectionLimits {
+    ConnectionLimits {
+        header_read_timeout: server.header_read_timeout(),
+        max_header_bytes: server.max_header_bytes,
+        max_connections: server.max_connections,
     }
 }

@@ -143,12 +143,37 @@ async fn bad_requests_get_openai_errors_with_fitting_statuses() {
     // Malformed JSON.
     let resp = client
         .post(server.url("/v1/embeddings"))
+        .header("content-type", "application/json")
         .body("{\"model\": ")
         .send()
         .await
         .unwrap();
     let (msg, _) = expect_error(resp, 400, "invalid_json").await;
     assert!(msg.contains("not valid JSON"), "{msg}");
+    // JSON under another media type (what a cross-site form or `curl -d` sends), or none.
+    for content_type in [
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        None,
+    ] {
+        let mut req = client
+            .post(server.url("/v1/embeddings"))
+            .body(r#"{"model": "minilm", "input": "x"}"#);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let (msg, _) = expect_error(req.send().await.unwrap(), 415, "unsupported_media_type").await;
+        assert!(msg.contains("application/json"), "{msg}");
+    }
+    // A media type with parameters is fine.
+    let resp = client
+        .post(server.url("/v1/embeddings"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"model": "minilm", "input": "x"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     // Missing field.
     let (msg, _) = expect_error(
         post(&server, json!({"input": "x"})).await,

@@ -69,6 +69,27 @@ impl ApiError {
         .with_param("model")
     }
 
+    /// 415: a JSON endpoint got a body declared as something else (or not declared).
+    pub fn unsupported_media_type(got: Option<&str>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Send the body as JSON with `Content-Type: application/json` (got {})",
+                got.map_or_else(|| "no Content-Type".to_string(), |t| format!("`{t}`"))
+            ),
+        )
+    }
+
+    /// 408: the body did not arrive within `limits.body_read_timeout_ms`.
+    pub fn body_timeout(ms: u64) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("The request body did not arrive within {ms} ms (limits.body_read_timeout_ms)"),
+        )
+    }
+
     /// 413: the body is over `limits.max_body_bytes`.
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
@@ -157,6 +178,11 @@ impl From<crate::batch::SchedulerError> for ApiError {
                 1,
             ),
             SchedulerError::Stopped(_) => ApiError::unavailable("shutting_down", e.to_string(), 1),
+            SchedulerError::QueueTimeout { .. } => ApiError::unavailable(
+                "queue_timeout",
+                format!("{e}; retry later (batching.max_queue_wait_ms)"),
+                1,
+            ),
             SchedulerError::Engine(_) | SchedulerError::Panicked(_) => {
                 ApiError::internal(e.to_string())
             }

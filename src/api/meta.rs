@@ -94,6 +94,13 @@ pub async fn health() -> Json<Status> {
 
 /// `GET /ready`: every configured model is loaded (readiness). 503 while loading.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+    if state.is_draining() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "The server is shutting down",
+            1,
+        ));
+    }
     let registry = state.registry()?;
     Ok(Json(Status {
         status: "ready",

@@ -12,19 +12,22 @@ pub mod meta;
 pub mod request_id;
 pub mod usage;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
 use axum::routing::{get, post};
 use axum::Router;
+use tokio::sync::watch;
 
 pub use error::ApiError;
 
 use crate::config::Limits;
 use crate::registry::Registry;
 
-/// Shared state of all handlers: the limits, and the models once they are loaded.
+/// Shared state of all handlers: the limits, the models once they are loaded, and where the
+/// server is in its shutdown.
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<StateInner>,
@@ -33,6 +36,10 @@ pub struct AppState {
 struct StateInner {
     limits: Limits,
     registry: OnceLock<Registry>,
+    /// Shutdown has begun: `/ready` answers 503 so that load balancers stop sending work.
+    draining: AtomicBool,
+    /// The grace period is over: open streams end with an error event.
+    closing: watch::Sender<bool>,
 }
 
 impl AppState {
@@ -43,6 +50,8 @@ impl AppState {
             inner: Arc::new(StateInner {
                 limits,
                 registry: OnceLock::new(),
+                draining: AtomicBool::new(false),
+                closing: watch::Sender::new(false),
             }),
         }
     }
@@ -62,6 +71,30 @@ impl AppState {
     /// The configured request limits.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// Shutdown has begun: from now on `/ready` answers 503 (requests in flight go on).
+    pub fn begin_drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    /// The grace period is over: every open stream sends a final `shutting_down` error event
+    /// and `[DONE]`, and ends.
+    pub fn end_streams(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    /// Resolves once [`AppState::end_streams`] has been called.
+    pub fn streams_ending(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.closing.subscribe();
+        async move {
+            let _ = rx.wait_for(|closing| *closing).await;
+        }
     }
 }
 

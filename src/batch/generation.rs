@@ -34,6 +34,9 @@ pub struct GenerationLimits {
     /// its worst case (prompt + `max_new_tokens`): a sequence starts only while it fits, so
     /// cache memory is bounded by configuration. One sequence alone always starts.
     pub max_kv_bytes: usize,
+    /// Longest a request may wait for a slot; it then fails with
+    /// [`SchedulerError::QueueTimeout`] rather than wait without end.
+    pub max_queue_wait: Duration,
 }
 
 /// What a caller asks for.
@@ -109,6 +112,7 @@ pub enum GenEvent {
 /// joins its thread.
 pub struct GenerationScheduler {
     worker: Worker<Submission>,
+    limits: GenerationLimits,
 }
 
 struct Submission {
@@ -143,7 +147,12 @@ impl GenerationScheduler {
                 .run()
             },
         )?;
-        Ok(Self { worker })
+        Ok(Self { worker, limits })
+    }
+
+    /// The KV-cache budget sequences are admitted within (`batching.max_kv_bytes`).
+    pub fn max_kv_bytes(&self) -> usize {
+        self.limits.max_kv_bytes
     }
 
     /// Queues `job`; its events arrive on `job.events`. Fails at once when `queue_capacity`
@@ -239,6 +248,7 @@ impl<D: Decoder> StepLoop<D> {
                 self.waiting.push_back(sub);
             }
             self.drop_abandoned();
+            self.expire_waiting();
             self.admit_waiting();
             m::set_queue_depth(&self.model, self.waiting.len());
             if !self.running.is_empty() {
@@ -265,6 +275,25 @@ impl<D: Decoder> StepLoop<D> {
             reserved += need;
             if let Some(sub) = self.waiting.pop_front() {
                 self.running.push(Seq::new(sub));
+            }
+        }
+    }
+
+    /// Fails the waiting requests that have waited longer than `max_queue_wait` (oldest first:
+    /// the queue is in arrival order).
+    fn expire_waiting(&mut self) {
+        while let Some(front) = self.waiting.front() {
+            let waited = front.submitted.elapsed();
+            if waited <= self.limits.max_queue_wait {
+                break;
+            }
+            if let Some(sub) = self.waiting.pop_front() {
+                let err = SchedulerError::QueueTimeout {
+                    model: self.model.clone(),
+                    waited_ms: waited.as_millis() as u64,
+                };
+                let _ = sub.job.events.send(GenEvent::Failed(err));
+                self.admission.release(1);
             }
         }
     }
@@ -607,6 +636,7 @@ mod tests {
             max_batch_tokens: tokens,
             queue_capacity: capacity,
             max_kv_bytes: usize::MAX,
+            max_queue_wait: Duration::from_secs(3600),
         }
     }
 
@@ -945,6 +975,36 @@ mod tests {
                 .filter(|step| step.iter().any(|e| e.0 == 30))
                 .all(|step| step.len() == 1),
             "the sequence over the budget ran alone: {log:?}"
+        );
+    }
+
+    #[test]
+    fn a_request_that_waits_too_long_for_a_slot_fails_with_queue_timeout() {
+        let (engine, open, log) = gated();
+        let limits = GenerationLimits {
+            max_queue_wait: Duration::from_millis(50),
+            ..limits(1, 64, 16)
+        };
+        let s = start(engine, limits);
+        let blocker = submit(&s, prompt(1, &[0]), 2);
+        wait_until(|| steps(&log).len() == 1);
+        let late = submit(&s, prompt(10, &[0]), 2);
+        std::thread::sleep(Duration::from_millis(100));
+        for _ in 0..8 {
+            let _ = open.send(());
+        }
+        assert!(outcome(blocker).1.is_ok());
+        let (_, err) = outcome(late);
+        assert!(
+            matches!(err, Err(SchedulerError::QueueTimeout { waited_ms, .. }) if waited_ms >= 50),
+            "{err:?}"
+        );
+        wait_until(|| s.in_flight() == 0);
+        assert!(
+            steps(&log)
+                .iter()
+                .all(|step| step.iter().all(|e| e.0 != 10)),
+            "the expired request was computed"
         );
     }
 

@@ -49,6 +49,15 @@ pub enum SchedulerError {
     /// The scheduler is shutting down.
     #[error("the model `{0}` is shutting down")]
     Stopped(String),
+    /// The request waited longer than the model's queue-wait limit for a free slot; the caller
+    /// should retry later (HTTP 503).
+    #[error("the request waited {waited_ms} ms for a free slot of model `{model}`")]
+    QueueTimeout {
+        /// The model.
+        model: String,
+        /// How long it waited.
+        waited_ms: u64,
+    },
 }
 
 /// The bounded count of requests admitted and not yet answered, shared by a scheduler's handle

@@ -157,8 +157,12 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                 host: Some("127.0.0.1".into()),
                 precision: None,
             };
-            let config = Config::load(args.config.as_deref(), &overrides)
+            let mut config = Config::load(args.config.as_deref(), &overrides)
                 .map_err(crate::ServeError::from)?;
+            // Generation levels ask for completions of exactly --max-tokens (`ignore_eos`).
+            config.limits.allow_ignore_eos = true;
+            config.limits.max_completion_tokens =
+                config.limits.max_completion_tokens.max(args.max_tokens);
             threads = Some(config.runtime.threads);
             entries = discover(&config.server.models_dir, &config.server.models)
                 .map_err(crate::ServeError::from)?;

@@ -28,6 +28,7 @@ use super::json::JsonBody;
 use super::usage::settle_energy;
 use super::{ApiError, AppState};
 use crate::batch::generation::{GenEvent, GenerationJob};
+use crate::engine::decoder::model::RenderChatError;
 use crate::engine::GenerationModel;
 use crate::registry::{GenerationServing, ServedModel};
 
@@ -83,7 +84,7 @@ async fn handle(
 ) -> Response {
     match prepare(state, endpoint, model_name, fields, raw_prompt).await {
         Err(e) => e.into_response(),
-        Ok(p) if p.plan.stream => stream(p, endpoint, started),
+        Ok(p) if p.plan.stream => stream(p, endpoint, started, state),
         // Dropping `complete` on timeout drops the event receiver: the sequence is cancelled.
         Ok(p) => handler::within_timeout(state, complete(p, endpoint, started)).await,
     }
@@ -99,10 +100,11 @@ async fn prepare<'a>(
     raw_prompt: Value,
 ) -> Result<Prepared<'a>, ApiError> {
     let (model, gen) = handler::find_model::<GenerationServing>(state, model_name)?;
-    let validate::Request { plan, prompt } = validate::request(endpoint, fields, raw_prompt)?;
+    let validate::Request { plan, prompt } =
+        validate::request(endpoint, fields, raw_prompt, state.limits())?;
     let engine = gen.engine.clone();
     let ids = handler::tokenize_blocking(move || tokenize(&engine, prompt)).await?;
-    let prompt = validate::check_context(gen, ids, plan.max_tokens, endpoint)?;
+    let prompt = validate::check_context(gen, ids, &plan, endpoint)?;
     crate::metrics::record_tokens(&model.name, "prompt", prompt.len());
     Ok(Prepared {
         model,
@@ -112,20 +114,23 @@ async fn prepare<'a>(
     })
 }
 
-/// The prompt's token ids: given, or the text (a conversation rendered by the chat template)
-/// tokenized. CPU work: runs on the blocking pool.
+/// The prompt's token ids: given, a raw text tokenized (special tokens written in it are
+/// parsed: a raw prompt is the caller's whole prompt), or a conversation rendered by the chat
+/// template with its messages' contents tokenized as plain text. CPU work: runs on the
+/// blocking pool.
 fn tokenize(engine: &GenerationModel, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
-    let text = match prompt {
-        Prompt::Tokens(ids) => return Ok(ids),
-        Prompt::Text(t) => t,
-        Prompt::Chat(messages) => engine
-            .render_chat(&messages)
-            .map_err(validate::ValidationError::from)?,
-    };
-    engine
-        .tokenizer()
-        .encode(&text)
-        .map_err(|e| ApiError::internal(e.to_string()))
+    match prompt {
+        Prompt::Tokens(ids) => Ok(ids),
+        Prompt::Text(t) => engine
+            .tokenizer()
+            .encode(&t)
+            .map_err(|e| ApiError::internal(e.to_string())),
+        Prompt::Chat(messages) => match engine.encode_chat(&messages) {
+            Ok(ids) => Ok(ids),
+            Err(RenderChatError::Tokenizer(e)) => Err(ApiError::internal(e)),
+            Err(e) => Err(validate::ValidationError::from(e).into()),
+        },
+    }
 }
 
 /// Submits the sequence; its events arrive on the receiver.
@@ -185,13 +190,19 @@ async fn complete(
 
 /// Submits the sequence and answers at once with its event stream. Only what is known before
 /// the first step goes in the headers: the model, its precision, the time to prepare.
-fn stream(p: Prepared<'_>, endpoint: Endpoint, started: Instant) -> Response {
+fn stream(p: Prepared<'_>, endpoint: Endpoint, started: Instant, state: &AppState) -> Response {
     let rx = match submit(p.gen, &p.plan, p.prompt) {
         Ok(rx) => rx,
         Err(e) => return e.into_response(),
     };
     let rid = ResponseId::new(endpoint, &p.model.name);
-    let events = sse::events(rx, p.model.clone(), rid, p.plan.include_usage);
+    let events = sse::events(
+        rx,
+        p.model.clone(),
+        rid,
+        p.plan.include_usage,
+        ending(state, started),
+    );
     let mut resp = Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response();
@@ -203,4 +214,18 @@ fn stream(p: Prepared<'_>, endpoint: Endpoint, started: Instant) -> Response {
     }
     .write(resp.headers_mut());
     resp
+}
+
+/// What cuts a stream short: the server's shutdown, or the request deadline (counted from
+/// `started`, as for a whole response).
+fn ending(state: &AppState, started: Instant) -> sse::Ending {
+    let shutdown = state.streams_ending();
+    let ms = state.limits().request_timeout_ms;
+    let deadline = tokio::time::Instant::from_std(started) + state.limits().request_timeout();
+    Box::pin(async move {
+        tokio::select! {
+            _ = shutdown => sse::EndReason::ShuttingDown,
+            _ = tokio::time::sleep_until(deadline) => sse::EndReason::Deadline { ms },
+        }
+    })
 }

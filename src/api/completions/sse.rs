@@ -7,6 +7,8 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::response::sse::Event;
@@ -26,12 +28,14 @@ pub fn events(
     model: Arc<ServedModel>,
     rid: ResponseId,
     include_usage: bool,
+    ending: Ending,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let state = StreamState {
         rx,
         model,
         rid,
         include_usage,
+        ending,
         opened: false,
         closed: false,
         queued: VecDeque::new(),
@@ -49,9 +53,41 @@ pub fn events(
     })
 }
 
+/// Resolves when the stream must end before its sequence does, saying why.
+pub type Ending = Pin<Box<dyn Future<Output = EndReason> + Send>>;
+
+/// Why a stream is cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The server's shutdown grace period is over.
+    ShuttingDown,
+    /// The request's deadline (`limits.request_timeout_ms`) passed.
+    Deadline {
+        /// The deadline, ms.
+        ms: u64,
+    },
+}
+
+impl EndReason {
+    /// The in-stream error for this reason.
+    fn error(self) -> StreamError {
+        match self {
+            EndReason::ShuttingDown => StreamError::new(
+                "shutting_down",
+                "The server is shutting down; the completion was cut short".into(),
+            ),
+            EndReason::Deadline { ms } => StreamError::new(
+                "timeout",
+                format!("The completion did not finish within {ms} ms (limits.request_timeout_ms)"),
+            ),
+        }
+    }
+}
+
 /// State of an SSE response.
 struct StreamState {
     rx: UnboundedReceiver<GenEvent>,
+    ending: Ending,
     model: Arc<ServedModel>,
     rid: ResponseId,
     include_usage: bool,
@@ -80,7 +116,16 @@ impl StreamState {
                 return;
             }
         }
-        match self.rx.recv().await {
+        let event = tokio::select! {
+            event = self.rx.recv() => event,
+            reason = &mut self.ending => {
+                // Dropping the receiver with the stream cancels the sequence.
+                self.queued.push_back(data(&reason.error()));
+                self.finish();
+                return;
+            }
+        };
+        match event {
             Some(GenEvent::Text(piece)) => {
                 if !piece.is_empty() {
                     let e = self.chunk(ChunkChoice::text(endpoint, piece));

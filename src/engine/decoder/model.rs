@@ -32,6 +32,9 @@ pub enum RenderChatError {
     /// The template rejected the messages (e.g. a role it does not know); its message says why.
     #[error("{0}")]
     Rejected(String),
+    /// The tokenizer failed on the rendered prompt.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
 }
 
 /// The decoder, its tokenizer and chat template, and the context limit it is served with.
@@ -109,6 +112,42 @@ impl GenerationModel {
             Some(t) => t.render(messages, true).map_err(RenderChatError::Rejected),
             None => Err(RenderChatError::NoTemplate),
         }
+    }
+
+    /// The prompt token ids for a conversation: the chat template's own markers are special
+    /// tokens, while control-token text inside a message's content (`<|im_start|>` written by
+    /// a user) is tokenized as the plain text it is, so no message can open a turn of another
+    /// role. A template that transforms the contents (so that they cannot be located in its
+    /// output) falls back to tokenizing the whole rendered text, logged once.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, RenderChatError> {
+        let template = self.template.as_ref().ok_or(RenderChatError::NoTemplate)?;
+        let pieces = template
+            .render_pieces(messages, true)
+            .map_err(RenderChatError::Rejected)?;
+        let ids = match pieces {
+            Some(pieces) => {
+                let pieces: Vec<(&str, bool)> = pieces
+                    .iter()
+                    .map(|(t, trusted)| (t.as_str(), *trusted))
+                    .collect();
+                self.tokenizer.encode_pieces(&pieces)
+            }
+            None => {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(
+                        file = %self.file.display(),
+                        "the chat template transforms message contents: special tokens written \
+                         in messages cannot be told apart and are parsed as such"
+                    )
+                });
+                let text = template
+                    .render(messages, true)
+                    .map_err(RenderChatError::Rejected)?;
+                self.tokenizer.encode(&text)
+            }
+        };
+        ids.map_err(|e| RenderChatError::Tokenizer(e.to_string()))
     }
 
     /// Greedy decoding of one sequence alone: up to `max_new` tokens after `prompt`, stopping

@@ -54,6 +54,45 @@ impl ChatTemplate {
         })
     }
 
+    /// The prompt for `messages` in pieces: `(text, true)` for the template's own text,
+    /// `(content, false)` for each message's content, in order, so that the tokenizer can parse
+    /// special tokens in the first and not in the second. `None` when the template does not
+    /// copy each content verbatim and exactly once (then the pieces cannot be told apart).
+    pub fn render_pieces(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Option<Vec<(String, bool)>>, String> {
+        // Placeholders no user can write: private-use markers around a per-render nonce.
+        let nonce: u64 = rand::random();
+        let marker = |i: usize| format!("\u{F0000}{nonce:016x}:{i}\u{F0001}");
+        let masked: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage {
+                role: m.role.clone(),
+                content: marker(i),
+            })
+            .collect();
+        let text = self.render(&masked, add_generation_prompt)?;
+        let mut pieces = Vec::with_capacity(2 * messages.len() + 1);
+        let mut rest = text.as_str();
+        for (i, m) in messages.iter().enumerate() {
+            let mark = marker(i);
+            let Some(at) = rest.find(&mark) else {
+                return Ok(None);
+            };
+            pieces.push((rest[..at].to_string(), true));
+            pieces.push((m.content.clone(), false));
+            rest = &rest[at + mark.len()..];
+        }
+        if rest.contains(&format!("\u{F0000}{nonce:016x}:")) {
+            return Ok(None);
+        }
+        pieces.push((rest.to_string(), true));
+        Ok(Some(pieces))
+    }
+
     /// The prompt text for `messages`, ending with the assistant's turn opened when
     /// `add_generation_prompt`. A template error (e.g. one that rejects the roles) is returned as
     /// its message, for a 400.

@@ -23,6 +23,9 @@ const TOKEN_TYPE_USER_DEFINED: i64 = 4;
 /// Text ↔ token ids for a GGUF decoder, plus its special ids.
 pub struct GenerationTokenizer {
     inner: Tokenizer,
+    /// The same tokenizer with special-token parsing off: `<|im_start|>` written in a message
+    /// is three ordinary tokens of text, not the control token.
+    plain: Tokenizer,
     bos: Option<u32>,
     eos: u32,
     /// Tokens that end a sequence: eos and, when present, `<|endoftext|>`/`<|eot_id|>`-style
@@ -138,8 +141,11 @@ impl GenerationTokenizer {
         } else {
             false
         };
+        let mut plain = inner.clone();
+        plain.set_encode_special_tokens(true);
         Ok(Self {
             inner,
+            plain,
             bos,
             eos,
             stop_ids,
@@ -159,6 +165,27 @@ impl GenerationTokenizer {
             }
         }
         ids.extend_from_slice(enc.get_ids());
+        Ok(ids)
+    }
+
+    /// Token ids of a prompt given in pieces: pieces marked `trusted` (the chat template's own
+    /// text) have their special tokens parsed, the others (what users wrote) are plain text, so
+    /// a message cannot forge a turn marker. Bos is prepended as by [`Self::encode`].
+    pub fn encode_pieces(&self, pieces: &[(&str, bool)]) -> Result<Vec<u32>, EngineError> {
+        let mut ids = Vec::new();
+        if self.add_bos {
+            if let Some(bos) = self.bos {
+                ids.push(bos);
+            }
+        }
+        for &(text, trusted) in pieces {
+            if text.is_empty() {
+                continue;
+            }
+            let tokenizer = if trusted { &self.inner } else { &self.plain };
+            let enc = tokenizer.encode(text, false).map_err(tok_err)?;
+            ids.extend_from_slice(enc.get_ids());
+        }
         Ok(ids)
     }
 

@@ -1,0 +1,119 @@
+//! SIGTERM ends the process within the grace period plus one second, whatever the clients do: an
+//! open stream gets a final error event, a half-sent request is dropped, the exit code is 0.
+//! The real binary, as an orchestrator runs it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+/// Starts `wattserve serve` on a free port with a 1-second grace period; returns the child and
+/// its address once it is ready.
+async fn start(dir: &std::path::Path) -> (Child, String) {
+    let config = dir.join("wattserve.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nport = 0\nmodels_dir = {:?}\nmodels = [\"smollm2\"]\nshutdown_grace_s = 1.0\n[limits]\nallow_ignore_eos = true\n",
+            common::models_dir()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wattserve"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("WATTSERVE_LOG", "info")
+        .env_remove("WATTSERVE_PORT")
+        .env_remove("WATTSERVE_MODELS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("listening on http://") {
+                let addr = line[i + "listening on http://".len()..].trim().to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server printed its address");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/ready")).await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "not ready in 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_streams_and_half_sent_requests_within_the_grace_period() {
+    if !common::weights_available(&["smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = start(dir.path()).await;
+    // A stream that would run for minutes.
+    let mut stream = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/completions"))
+        .json(
+            &json!({"model": "smollm2", "prompt": "Count:", "max_tokens": 4000,
+                      "ignore_eos": true, "temperature": 0, "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut text = String::from_utf8_lossy(&stream.chunk().await.unwrap().unwrap()).to_string();
+    // A request whose body never completes.
+    let mut half = std::net::TcpStream::connect(&addr).unwrap();
+    half.write_all(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let sent = Instant::now();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    // The stream ends with an error event and [DONE].
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the stream was not ended");
+    assert!(
+        text.contains("shutting_down") && text.trim_end().ends_with("data: [DONE]"),
+        "no final error event: ...{}",
+        &text[text.len().saturating_sub(400)..]
+    );
+    // The process exits 0 within grace (1 s) + 1 s.
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if sent.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("still running 5 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = sent.elapsed();
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(2), "exited after {took:?}");
+    drop(half);
+}
