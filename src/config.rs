@@ -64,6 +64,28 @@ pub struct Config {
     pub carbon: CarbonConfig,
     /// Electricity and hardware prices.
     pub cost: CostConfig,
+    /// API keys.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: API keys. Off unless a keys file is named or `WATTSERVE_API_KEYS` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File of `NAME SHA256-OF-KEY` lines (`#` comments); the name is the key's tenant.
+    /// `WATTSERVE_API_KEYS` (the same entries, comma-separated) takes precedence.
+    pub keys_file: Option<PathBuf>,
+    /// Paths served without a key. Default `/health` and `/ready` (probes).
+    pub open_paths: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            keys_file: None,
+            open_paths: vec!["/health".into(), "/ready".into()],
+        }
+    }
 }
 
 /// `[server]`: where to listen and what to serve.
@@ -91,6 +113,9 @@ pub struct ServerConfig {
     /// On SIGTERM / Ctrl-C: time in-flight requests get to finish before open streams are
     /// ended with an error event and remaining connections are closed. Default 30 s.
     pub shutdown_grace_s: f64,
+    /// Browser origins (`https://app.example.com`) allowed to call the API from a web page;
+    /// `["*"]` allows any. Default none: no CORS headers, browsers refuse cross-site calls.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -105,6 +130,7 @@ impl Default for ServerConfig {
             max_header_bytes: 16 * 1024,
             max_connections: 1024,
             shutdown_grace_s: 30.0,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -276,6 +302,21 @@ impl Config {
             return Err(invalid(
                 "server.max_header_bytes",
                 "must be at least 8192 (the smallest buffer the HTTP parser accepts)",
+            ));
+        }
+        if let Some(bad) = self.server.cors_allowed_origins.iter().find(|o| {
+            let o = o.as_str();
+            o != "*"
+                && !((o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.ends_with('/')
+                    && o.is_ascii()
+                    && !o.contains(char::is_whitespace))
+        }) {
+            return Err(invalid(
+                "server.cors_allowed_origins",
+                &format!(
+                    "{bad:?} is not an origin: write scheme://host[:port] with no path, or \"*\""
+                ),
             ));
         }
         if self.server.max_connections == 0 {

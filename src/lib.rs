@@ -9,6 +9,7 @@ pub mod batch;
 pub mod bench;
 pub mod config;
 pub mod engine;
+pub mod governance;
 pub mod meter;
 pub mod metrics;
 pub mod registry;

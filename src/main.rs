@@ -84,7 +84,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e @ (ServeError::Config(_) | ServeError::Load(_))) => {
+        Err(e @ (ServeError::Config(_) | ServeError::Load(_) | ServeError::Keys(_))) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }

@@ -40,6 +40,11 @@ pub const CO2E: &str = "wattserve_co2e_grams_total";
 pub const COST: &str = "wattserve_cost_usd_total";
 /// Average device power over the latest closed ledger interval.
 pub const DEVICE_POWER: &str = "wattserve_device_power_watts";
+/// Requests whose energy could not be settled from the meter in time and was estimated, by
+/// model.
+pub const ENERGY_SETTLE_FALLBACKS: &str = "wattserve_energy_settle_fallbacks_total";
+/// Failed readings of an energy source, by device.
+pub const ENERGY_READ_FAILURES: &str = "wattserve_energy_read_failures_total";
 /// Energy per successful request, joules.
 pub const ENERGY_PER_REQUEST: &str = "wattserve_energy_per_request_joules";
 
@@ -98,6 +103,16 @@ pub fn render_floats() -> String {
         }
     }
     out
+}
+
+/// Counts a request whose energy was estimated after the settle deadline.
+pub fn record_settle_fallback(model: &str) {
+    counter!(ENERGY_SETTLE_FALLBACKS, "model" => model.to_string()).increment(1);
+}
+
+/// Counts a failed reading of an energy source.
+pub fn record_read_failure(device: &str) {
+    counter!(ENERGY_READ_FAILURES, "device" => device.to_string()).increment(1);
 }
 
 /// Sets `wattserve_device_power_watts{device}`.
@@ -183,6 +198,16 @@ fn describe() {
         "Requests answered, by model, endpoint and status"
     );
     describe_counter!(TOKENS, Unit::Count, "Tokens processed, by model and kind");
+    describe_counter!(
+        ENERGY_SETTLE_FALLBACKS,
+        Unit::Count,
+        "Requests whose energy was estimated because the meter did not settle in time"
+    );
+    describe_counter!(
+        ENERGY_READ_FAILURES,
+        Unit::Count,
+        "Failed readings of an energy source, by device"
+    );
     describe_histogram!(
         TIME_TO_FIRST_TOKEN,
         Unit::Seconds,

@@ -162,6 +162,18 @@ impl Registry {
     pub fn names(&self) -> Vec<String> {
         self.models.keys().cloned().collect()
     }
+
+    /// Models whose compute thread has stopped: they cannot serve any more.
+    pub fn dead_models(&self) -> Vec<String> {
+        self.models
+            .values()
+            .filter(|m| match &m.kind {
+                ModelKind::Embedding(e) => !e.scheduler.is_alive(),
+                ModelKind::Generation(g) => !g.scheduler.is_alive(),
+            })
+            .map(|m| m.name.clone())
+            .collect()
+    }
 }
 
 /// The device's meter: the one already started for it, else a new one from `energy.source`.

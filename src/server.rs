@@ -16,8 +16,10 @@ use tokio::net::TcpListener;
 
 pub use listener::{ConnectionLimits, Drained};
 
+use crate::api::auth::Auth;
 use crate::api::{router, AppState};
 use crate::config::{Config, ConfigError, ServerConfig};
+use crate::governance::ApiKeys;
 use crate::registry::{LoadError, Registry};
 use crate::repository::{discover, ModelEntry};
 
@@ -30,6 +32,13 @@ pub enum ServeError {
     /// A model failed to load (exit code 2).
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// The API keys could not be loaded (exit code 2).
+    #[error(transparent)]
+    Keys(#[from] crate::governance::KeysError),
+    /// A model's compute thread stopped while serving: the process exits (exit code 1) so that
+    /// its supervisor restarts it, rather than serve on without the model.
+    #[error("the compute thread of model(s) {0} stopped; exiting so that the server is restarted")]
+    WorkerDied(String),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -71,6 +80,7 @@ impl Server {
             }
         }
         crate::metrics::install();
+        let auth = load_auth(config)?;
         let addr = format!("{}:{}", config.server.host, config.server.port);
         let listener = TcpListener::bind(&addr)
             .await
@@ -78,7 +88,7 @@ impl Server {
         Ok(Self {
             listener,
             entries,
-            state: AppState::new(config.limits.clone()),
+            state: AppState::new(config.limits.clone(), auth),
             config: config.clone(),
         })
     }
@@ -104,8 +114,12 @@ impl Server {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("listening on http://{addr}");
         }
-        let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<()>();
-        let app = router(state.clone());
+        // Stops the server without a signal: a model failed to load, or a compute thread died.
+        let (fail_tx, mut fail_rx) = tokio::sync::mpsc::channel::<()>(2);
+        let app = match cors(&config.server) {
+            Some(layer) => router(state.clone()).layer(layer),
+            None => router(state.clone()),
+        };
         let grace = config.server.shutdown_grace();
         let draining = state.clone();
         let stop = async move {
@@ -114,7 +128,7 @@ impl Server {
                     grace_s = grace.as_secs_f64(),
                     "shutdown requested: not ready, finishing in-flight requests"
                 ),
-                _ = fail_rx => {}
+                _ = fail_rx.recv() => {}
             }
             draining.begin_drain();
         };
@@ -140,26 +154,138 @@ impl Server {
                 tracing::info!("ready");
             }
             Ok(Err(e)) => {
-                let _ = fail_tx.send(());
+                let _ = fail_tx.send(()).await;
                 let _ = serving.await;
                 return Err(e.into());
             }
             Err(join) => {
-                let _ = fail_tx.send(());
+                let _ = fail_tx.send(()).await;
                 let _ = serving.await;
                 return Err(ServeError::Io(std::io::Error::other(format!(
                     "model loading panicked: {join}"
                 ))));
             }
         }
+        let watchdog = tokio::spawn(watch_workers(state.clone(), fail_tx));
         let drained = serving
             .await
             .map_err(|e| std::io::Error::other(format!("server task failed: {e}")))?;
+        watchdog.abort();
+        let dead = state
+            .registry()
+            .map(|r| r.dead_models())
+            .unwrap_or_default();
         // The last handle to the models: dropping it joins the compute threads, which end as
         // soon as the sequences of the connections just closed are dropped.
         let _ = tokio::task::spawn_blocking(move || drop(state)).await;
         tracing::info!(connections_cut = drained.cut, "stopped");
-        Ok(())
+        if dead.is_empty() {
+            Ok(())
+        } else {
+            Err(ServeError::WorkerDied(dead.join(", ")))
+        }
+    }
+}
+
+/// The API keys: `WATTSERVE_API_KEYS` when set, else `auth.keys_file`, else none (one loud
+/// line when the server listens beyond loopback without them).
+fn load_auth(config: &Config) -> Result<Auth, ServeError> {
+    let keys = match std::env::var("WATTSERVE_API_KEYS") {
+        Ok(v) if !v.trim().is_empty() => Some(ApiKeys::from_env_value(&v)?),
+        _ => match &config.auth.keys_file {
+            Some(path) => Some(ApiKeys::from_file(path)?),
+            None => None,
+        },
+    };
+    match &keys {
+        Some(k) => tracing::info!(
+            keys = k.len(),
+            open_paths = ?config.auth.open_paths,
+            "API keys required"
+        ),
+        None if !is_loopback(&config.server.host) => tracing::warn!(
+            host = %config.server.host,
+            "NO API KEYS: anyone who can reach this address can use the server; set \
+             auth.keys_file or WATTSERVE_API_KEYS"
+        ),
+        None => {}
+    }
+    Ok(Auth::new(keys, config.auth.open_paths.clone()))
+}
+
+/// The CORS layer for `server.cors_allowed_origins`; `None` (no CORS headers at all) when the
+/// list is empty. Origins were checked by the configuration.
+fn cors(server: &ServerConfig) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if server.cors_allowed_origins.is_empty() {
+        return None;
+    }
+    let origin = if server.cors_allowed_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            server
+                .cors_allowed_origins
+                .iter()
+                .filter_map(|o| HeaderValue::from_str(o).ok()),
+        )
+    };
+    let exposed = [
+        "x-request-id",
+        "x-model",
+        "x-precision",
+        "x-batch-size",
+        "x-energy-joules",
+        "x-energy-source",
+        "x-power-watts",
+        "x-co2e-grams",
+        "x-carbon-intensity",
+        "x-carbon-zone",
+        "x-cost-usd",
+        "server-timing",
+    ]
+    .map(HeaderName::from_static);
+    Some(
+        CorsLayer::new()
+            .allow_origin(origin)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers(exposed),
+    )
+}
+
+/// Whether `host` only accepts connections from this machine.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How often the compute threads are checked.
+const WATCHDOG_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Checks the compute threads; when one has stopped, logs it and starts the shutdown (`/ready`
+/// already answers 503 naming the model).
+async fn watch_workers(state: AppState, stop: tokio::sync::mpsc::Sender<()>) {
+    loop {
+        tokio::time::sleep(WATCHDOG_INTERVAL).await;
+        let dead = state
+            .registry()
+            .map(|r| r.dead_models())
+            .unwrap_or_default();
+        if !dead.is_empty() {
+            tracing::error!(models = ?dead, "a compute thread stopped: shutting down to be restarted");
+            let _ = stop.send(()).await;
+            return;
+        }
     }
 }
 

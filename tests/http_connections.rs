@@ -174,3 +174,50 @@ async fn a_body_shorter_than_its_length_gets_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
     assert!(text.contains("limits.body_read_timeout_ms"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_answers_only_the_origins_the_operator_allows() {
+    if !common::minilm_available() {
+        return;
+    }
+    let preflight = |s: &TestServer, origin: &'static str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, s.url("/v1/embeddings"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .send()
+    };
+    // Default: no CORS headers for anyone.
+    let closed = server(5_000, 64).await;
+    let r = preflight(&closed, "https://app.example").await.unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    drop(closed);
+    let open = TestServer::start(|c| {
+        c.server.cors_allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let r = preflight(&open, "https://app.example").await.unwrap();
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let r = preflight(&open, "https://evil.example").await.unwrap();
+    assert!(!r.headers().contains_key("access-control-allow-origin"));
+    // A real call from the allowed origin sees the metering headers.
+    let r = reqwest::Client::new()
+        .post(open.url("/v1/embeddings"))
+        .header("origin", "https://app.example")
+        .json(&serde_json::json!({"model": "minilm", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let exposed = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
+    assert!(exposed.contains("x-energy-joules"), "{exposed}");
+}

@@ -69,6 +69,16 @@ impl ApiError {
         .with_param("model")
     }
 
+    /// 401: no API key, or one that is not accepted.
+    pub fn unauthorized(presented: bool) -> Self {
+        let message = if presented {
+            "Incorrect API key provided"
+        } else {
+            "No API key provided: send `Authorization: Bearer YOUR_KEY` (or `x-api-key`)"
+        };
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
+    }
+
     /// 415: a JSON endpoint got a body declared as something else (or not declared).
     pub fn unsupported_media_type(got: Option<&str>) -> Self {
         Self::new(
@@ -141,6 +151,7 @@ impl ApiError {
     /// The OpenAI `type` for this status.
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
+            401 => "authentication_error",
             503 | 429 => "overloaded_error",
             500..=599 => "server_error",
             _ => "invalid_request_error",
@@ -162,6 +173,10 @@ impl IntoResponse for ApiError {
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -98,14 +98,16 @@ impl RequestMetrics {
         self.started
     }
 
-    /// Counts the answer with its status and duration, and hands it back.
-    pub fn finish(self, resp: Response) -> Response {
+    /// Counts the answer with its status and duration, and hands it back (marked as counted,
+    /// so that the access layer does not count it again).
+    pub fn finish(self, mut resp: Response) -> Response {
         crate::metrics::record_request(
             &self.model,
             self.endpoint,
             resp.status().as_u16(),
             self.started.elapsed(),
         );
+        resp.extensions_mut().insert(super::request_id::Counted);
         resp
     }
 }

@@ -102,6 +102,17 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiErr
         ));
     }
     let registry = state.registry()?;
+    let dead = registry.dead_models();
+    if !dead.is_empty() {
+        return Err(ApiError::unavailable(
+            "model_failed",
+            format!(
+                "The compute thread of model(s) {} stopped; the server is shutting down to be restarted",
+                dead.join(", ")
+            ),
+            1,
+        ));
+    }
     Ok(Json(Status {
         status: "ready",
         models: registry.names(),

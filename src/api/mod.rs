@@ -3,6 +3,7 @@
 //! `api` knows nothing of tensors: it validates and tokenizes requests, hands token ids to a
 //! model's scheduler and turns what comes back into OpenAI-shaped JSON.
 
+pub mod auth;
 pub mod completions;
 pub mod embeddings;
 pub mod error;
@@ -35,6 +36,7 @@ pub struct AppState {
 
 struct StateInner {
     limits: Limits,
+    auth: auth::Auth,
     registry: OnceLock<Registry>,
     /// Shutdown has begun: `/ready` answers 503 so that load balancers stop sending work.
     draining: AtomicBool,
@@ -45,10 +47,11 @@ struct StateInner {
 impl AppState {
     /// State with no models yet: inference answers 503 and `/ready` is not ready until
     /// [`AppState::set_registry`] is called.
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, auth: auth::Auth) -> Self {
         Self {
             inner: Arc::new(StateInner {
                 limits,
+                auth,
                 registry: OnceLock::new(),
                 draining: AtomicBool::new(false),
                 closing: watch::Sender::new(false),
@@ -71,6 +74,11 @@ impl AppState {
     /// The configured request limits.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The API keys and the paths open without one.
+    pub fn auth(&self) -> &auth::Auth {
+        &self.inner.auth
     }
 
     /// Shutdown has begun: from now on `/ready` answers 503 (requests in flight go on).
@@ -98,7 +106,7 @@ impl AppState {
     }
 }
 
-/// All routes, with the body limit and request-id layers.
+/// All routes, with the body limit, API-key and request-id (access log) layers.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits().max_body_bytes;
     Router::new()
@@ -113,6 +121,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.auth().clone(),
+            auth::require_key,
+        ))
         .layer(axum::middleware::from_fn(request_id::layer))
         .with_state(state)
 }

@@ -1,10 +1,17 @@
 //! `x-request-id`: echoed when the client sends a sane one, generated otherwise, on every
-//! response (errors included) so that operators can correlate logs and clients.
+//! response (errors included) so that operators can correlate logs and clients. The same layer
+//! writes the access log (one line per request) and counts the requests that were answered
+//! before any handler ran (401, 404, 405, 413, 415, a malformed body) in
+//! `wattserve_requests_total`, so that every rejection is counted.
+
+use std::time::Instant;
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
+
+use crate::governance::Tenant;
 
 /// The header name.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -26,9 +33,60 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
     let mut resp = next.run(req).await;
+    let elapsed = started.elapsed();
+    let status = resp.status().as_u16();
+    // Rejections no handler counted (probes that succeed are not requests worth counting).
+    if status >= 400 && resp.extensions().get::<Counted>().is_none() {
+        crate::metrics::record_request("unknown", endpoint_label(&path), status, elapsed);
+    }
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
+    };
+    let tenant = resp
+        .extensions()
+        .get::<Tenant>()
+        .map_or("-", |t| t.0.as_str())
+        .to_string();
+    tracing::info!(
+        target: "wattserve::access",
+        request_id = %id,
+        tenant = %tenant,
+        method = %method,
+        path = %path,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1e3,
+        model = %header("x-model"),
+        joules = %header("x-energy-joules"),
+        "request"
+    );
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
     resp
+}
+
+/// Marks a response whose request a handler already counted in `wattserve_requests_total`.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted;
+
+/// The `endpoint` label of a path (a bounded set: unknown paths are `other`).
+pub fn endpoint_label(path: &str) -> &'static str {
+    match path {
+        "/v1/embeddings" => "embeddings",
+        "/v1/chat/completions" => "chat_completions",
+        "/v1/completions" => "completions",
+        "/v1/models" => "models",
+        "/health" | "/ready" => "health",
+        "/metrics" => "metrics",
+        p if p.starts_with("/v1/models/") => "models",
+        _ => "other",
+    }
 }

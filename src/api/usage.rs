@@ -36,14 +36,24 @@ pub async fn settle_energy(
     let Some(meter) = &model.meter else {
         return Ok(None);
     };
-    let a = crate::meter::settle(shares).await.ok_or_else(|| {
-        ApiError::internal("the energy meter stopped before settling this request")
-    })?;
+    let settled = meter.settle(shares).await;
+    let a = settled.attribution;
+    let source = if settled.estimated > 0 {
+        crate::metrics::record_settle_fallback(&model.name);
+        tracing::warn!(
+            model = %model.name,
+            batches = settled.estimated,
+            "energy: the meter did not settle in time (energy.settle_timeout_ms); estimated"
+        );
+        "estimate"
+    } else {
+        meter.method()
+    };
     let p = meter.pricing();
     crate::metrics::record_request_energy(&model.name, a.joules);
     Ok(Some(UsageEnergy {
         joules: a.joules,
-        source: meter.method(),
+        source,
         avg_watts: a.avg_watts,
         co2e_grams: p.co2e_grams(a.joules, a.device_seconds),
         cost_usd: p.cost_usd(a.joules, a.device_seconds),

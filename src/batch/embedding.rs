@@ -143,6 +143,11 @@ impl EmbeddingScheduler {
     pub fn in_flight(&self) -> usize {
         self.worker.in_flight()
     }
+
+    /// Whether the batch loop's thread is running.
+    pub fn is_alive(&self) -> bool {
+        self.worker.is_alive()
+    }
 }
 
 /// A request inside the batch loop.

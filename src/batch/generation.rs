@@ -168,6 +168,11 @@ impl GenerationScheduler {
     pub fn in_flight(&self) -> usize {
         self.worker.in_flight()
     }
+
+    /// Whether the step loop's thread is running.
+    pub fn is_alive(&self) -> bool {
+        self.worker.is_alive()
+    }
 }
 
 /// A sequence inside the loop.

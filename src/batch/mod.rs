@@ -156,6 +156,12 @@ impl<S: Send + 'static> Worker<S> {
     pub(crate) fn in_flight(&self) -> usize {
         self.admission.in_flight()
     }
+
+    /// Whether the compute thread is still running (it ends only on shutdown, or when
+    /// something outside the caught engine call panicked).
+    pub(crate) fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
 }
 
 impl<S> Drop for Worker<S> {
@@ -185,6 +191,7 @@ impl Step {
         self.ticket.as_ref().map(|t| EnergyShare {
             batch: t.energy.clone(),
             fraction: tokens as f64 / self.weight.max(1) as f64,
+            seconds: self.elapsed.as_secs_f64(),
         })
     }
 }
@@ -275,6 +282,28 @@ mod tests {
             panic!("marker {}", 42)
         });
         assert_eq!(boom, Err(SchedulerError::Panicked("marker 42".into())));
+    }
+
+    #[test]
+    fn a_worker_whose_thread_died_says_so() {
+        let alive =
+            Worker::<u32>::spawn("m", "t-alive".into(), 4, |rx, _| while rx.recv().is_ok() {})
+                .unwrap();
+        let dead = Worker::<u32>::spawn("m", "t-dead".into(), 4, |_, _| {
+            panic!("the loop itself failed")
+        })
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dead.is_alive() {
+            assert!(
+                Instant::now() < deadline,
+                "the panicked thread still counts as alive"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(alive.is_alive());
+        // Submissions to a dead loop are refused, not lost.
+        assert!(matches!(dead.submit(1), Err(SchedulerError::Stopped(_))));
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct EnergyShare {
     pub batch: watch::Receiver<Option<BatchEnergy>>,
     /// The request's part of the batch.
     pub fraction: f64,
+    /// The batch's wall time, seconds: what its energy is estimated from if it never settles.
+    pub seconds: f64,
 }
 
 /// What a request was attributed, summed over its batches.
@@ -50,17 +52,44 @@ pub struct Attribution {
     pub avg_watts: f64,
 }
 
-/// Waits until every share is final and sums them. `None` if a meter went away first.
-pub async fn settle(shares: &[EnergyShare]) -> Option<Attribution> {
+/// What a request was attributed, and whether any of it had to be estimated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settled {
+    /// The sum over the request's shares.
+    pub attribution: Attribution,
+    /// Shares whose batch did not settle in time (or whose meter went away) and were estimated
+    /// from the batch's wall time at the fallback power.
+    pub estimated: usize,
+}
+
+/// Waits until every share is final and sums them, but never longer than `limit` in all: a
+/// share still open then (a counter that does not move, a source whose reads fail, a meter that
+/// went away) is estimated as its batch's wall time × `fallback_watts` × its fraction, and
+/// counted in [`Settled::estimated`].
+pub async fn settle(shares: &[EnergyShare], limit: Duration, fallback_watts: f64) -> Settled {
+    let deadline = tokio::time::Instant::now() + limit;
     let mut total = Attribution {
         joules: 0.0,
         device_seconds: 0.0,
         avg_watts: 0.0,
     };
+    let mut estimated = 0;
     let mut weight = 0.0;
     for share in shares {
         let mut rx = share.batch.clone();
-        let energy = (*rx.wait_for(Option::is_some).await.ok()?)?;
+        let waited = tokio::time::timeout_at(deadline, rx.wait_for(Option::is_some)).await;
+        let energy = match waited {
+            Ok(Ok(e)) => *e,
+            _ => None,
+        };
+        let energy = energy.unwrap_or_else(|| {
+            estimated += 1;
+            BatchEnergy {
+                joules: share.seconds * fallback_watts,
+                device_seconds: share.seconds,
+                avg_watts: fallback_watts,
+            }
+        });
         total.joules += energy.joules * share.fraction;
         total.device_seconds += energy.device_seconds * share.fraction;
         total.avg_watts += energy.avg_watts * share.fraction;
@@ -69,7 +98,10 @@ pub async fn settle(shares: &[EnergyShare]) -> Option<Attribution> {
     if weight > 0.0 {
         total.avg_watts /= weight;
     }
-    Some(total)
+    Settled {
+        attribution: total,
+        estimated,
+    }
 }
 
 /// A ticket for a batch in progress.
@@ -94,6 +126,8 @@ pub struct Meter {
     method: &'static str,
     device: String,
     pricing: Arc<Pricing>,
+    settle_timeout: Duration,
+    fallback_watts: f64,
 }
 
 impl Meter {
@@ -115,6 +149,9 @@ impl Meter {
             method,
             device,
             pricing,
+            settle_timeout: Duration::from_millis(cfg.settle_timeout_ms),
+            // The estimate's model for a batch that keeps every compute thread busy.
+            fallback_watts: cfg.cpu_watts_per_core * rayon::current_num_threads() as f64,
         });
         meter.sample(Instant::now());
         let weak = Arc::downgrade(&meter);
@@ -126,6 +163,23 @@ impl Meter {
             tracing::warn!("energy: cannot start the sampler thread ({e}); idle energy is sampled only around batches");
         }
         meter
+    }
+
+    /// Waits for `shares` to settle, at most `energy.settle_timeout_ms`; see [`settle`].
+    pub async fn settle(&self, shares: &[EnergyShare]) -> Settled {
+        settle(shares, self.settle_timeout, self.fallback_watts).await
+    }
+
+    /// The meter's state; a panic that poisoned the lock does not stop metering (the ledger's
+    /// invariants hold between its calls), it is logged once.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| {
+            static WARNED: std::sync::Once = std::sync::Once::new();
+            WARNED.call_once(|| {
+                tracing::error!(device = %self.device, "energy: a panic interrupted the meter; metering goes on")
+            });
+            poisoned.into_inner()
+        })
     }
 
     /// `x-energy-source`: how this meter measures.
@@ -145,7 +199,7 @@ impl Meter {
 
     /// Reads the counter and registers a batch of `weight` tokens for `model`.
     pub fn begin_batch(&self, model: &str, weight: f64) -> Option<BatchTicket> {
-        let mut inner = self.inner.lock().ok()?;
+        let mut inner = self.lock();
         let now = Instant::now();
         self.ingest(&mut inner, now);
         let (id, energy) = inner.ledger.begin(now, weight);
@@ -155,26 +209,21 @@ impl Meter {
 
     /// Marks the batch ended and reads the counter (which settles it if the counter moved).
     pub fn end_batch(&self, ticket: &BatchTicket) {
-        if let Ok(mut inner) = self.inner.lock() {
-            let now = Instant::now();
-            inner.ledger.end(ticket.id, now);
-            self.ingest(&mut inner, now);
-        }
+        let mut inner = self.lock();
+        let now = Instant::now();
+        inner.ledger.end(ticket.id, now);
+        self.ingest(&mut inner, now);
     }
 
     /// Ledger totals (for tests and diagnostics).
     pub fn totals(&self) -> Option<ledger::Totals> {
-        self.inner.lock().ok().map(|i| i.ledger.totals())
+        Some(self.lock().ledger.totals())
     }
 
     fn sample(&self, now: Instant) -> bool {
-        match self.inner.lock() {
-            Ok(mut inner) => {
-                self.ingest(&mut inner, now);
-                inner.ledger.awaiting_counter()
-            }
-            Err(_) => false,
-        }
+        let mut inner = self.lock();
+        self.ingest(&mut inner, now);
+        inner.ledger.awaiting_counter()
     }
 
     fn ingest(&self, inner: &mut Inner, now: Instant) {
@@ -185,6 +234,7 @@ impl Meter {
                     tracing::warn!(device = %self.device, "energy: reading failed ({e}); retrying on every sample");
                 }
                 inner.read_failures += 1;
+                crate::metrics::record_read_failure(&self.device);
                 return;
             }
         };
@@ -412,16 +462,49 @@ mod tests {
             EnergyShare {
                 batch: t.energy.clone(),
                 fraction: 0.75,
+                seconds: 0.005,
             },
             EnergyShare {
                 batch: t.energy.clone(),
                 fraction: 0.25,
+                seconds: 0.005,
             },
         ];
-        let a = settle(&shares[..1]).await.unwrap();
-        let b = settle(&shares[1..]).await.unwrap();
+        let a = meter.settle(&shares[..1]).await;
+        let b = meter.settle(&shares[1..]).await;
+        assert_eq!((a.estimated, b.estimated), (0, 0));
+        let (a, b) = (a.attribution, b.attribution);
         assert!((a.joules + b.joules - 2.0).abs() < 1e-9, "{a:?} {b:?}");
         assert!((a.joules - 1.5).abs() < 1e-9);
         assert!(a.avg_watts > 0.0);
+    }
+
+    /// A counter that never moves: the batch never settles, and the response does not wait
+    /// for it past the deadline; its energy is estimated from its wall time.
+    #[tokio::test]
+    async fn a_share_that_never_settles_is_estimated_after_the_deadline() {
+        let (tx, rx) = watch::channel(None);
+        let shares = [EnergyShare {
+            batch: rx,
+            fraction: 0.5,
+            seconds: 0.2,
+        }];
+        let started = std::time::Instant::now();
+        let s = settle(&shares, Duration::from_millis(50), 10.0).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(s.estimated, 1);
+        assert!(
+            (s.attribution.joules - 0.2 * 10.0 * 0.5).abs() < 1e-12,
+            "{s:?}"
+        );
+        assert!((s.attribution.device_seconds - 0.1).abs() < 1e-12, "{s:?}");
+        // A meter that went away (its sender dropped) is estimated too, at once.
+        drop(tx);
+        let s = settle(&shares, Duration::from_secs(60), 10.0).await;
+        assert_eq!(s.estimated, 1);
     }
 }

@@ -52,6 +52,10 @@ pub struct EnergyConfig {
     pub cpu_watts_per_core: f64,
     /// Estimate: watts per GB of resident memory.
     pub dram_watts_per_gb: f64,
+    /// Longest a response waits for its batches' energy to settle (a slow counter, a source
+    /// whose reads fail); past it the batch's energy is estimated and the response says
+    /// `estimate`.
+    pub settle_timeout_ms: u64,
 }
 
 impl Default for EnergyConfig {
@@ -65,6 +69,7 @@ impl Default for EnergyConfig {
             rapl_process_share: true,
             cpu_watts_per_core: 12.0,
             dram_watts_per_gb: 0.3725,
+            settle_timeout_ms: 2000,
         }
     }
 }
