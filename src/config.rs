@@ -168,6 +168,12 @@ pub struct Limits {
     /// Whether requests may set `ignore_eos` (generate past the end of the answer, for
     /// benchmarks). Default false: 400 `invalid_value`.
     pub allow_ignore_eos: bool,
+    /// Largest text of one embedding input, or of a completion's prompt (all messages
+    /// together), in bytes, checked before tokenizing (400 beyond). Default 65536.
+    pub max_input_bytes: usize,
+    /// Tokenizations (and chat-template renderings) running at once on the blocking pool;
+    /// more wait, within their request's deadline. 0 = one per CPU core. Default 0.
+    pub tokenizer_concurrency: usize,
 }
 
 impl Default for Limits {
@@ -180,6 +186,8 @@ impl Default for Limits {
             max_completion_tokens: 4096,
             default_completion_tokens: 1024,
             allow_ignore_eos: false,
+            max_input_bytes: 64 * 1024,
+            tokenizer_concurrency: 0,
         }
     }
 }
@@ -188,6 +196,15 @@ impl Limits {
     /// `request_timeout_ms` as a duration.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// `tokenizer_concurrency`, with 0 resolved to the number of CPU cores.
+    pub fn tokenizers(&self) -> usize {
+        if self.tokenizer_concurrency > 0 {
+            self.tokenizer_concurrency
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
     }
 
     /// `body_read_timeout_ms` as a duration.
@@ -338,6 +355,9 @@ impl Config {
                 "limits.max_inputs_per_request",
                 "must be at least 1",
             ));
+        }
+        if self.limits.max_input_bytes == 0 {
+            return Err(invalid("limits.max_input_bytes", "must be at least 1"));
         }
         if self.limits.max_completion_tokens == 0 {
             return Err(invalid(

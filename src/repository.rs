@@ -42,6 +42,9 @@ pub struct BatchingSpec {
     pub max_queue_delay_ms: u64,
     /// Requests waiting for compute before new ones are refused with 503.
     pub queue_capacity: usize,
+    /// Embedding models: inputs waiting for compute, all requests together, before new
+    /// requests are refused with 503. Default 16384.
+    pub max_queued_inputs: usize,
     /// Generation models: bytes the running sequences' KV caches may hold together, each
     /// counted at its worst case (prompt + max tokens). Default 2 GiB.
     pub max_kv_bytes: usize,
@@ -58,6 +61,7 @@ impl BatchingSpec {
             max_batch_tokens: self.max_batch_tokens,
             max_queue_delay: std::time::Duration::from_millis(self.max_queue_delay_ms),
             queue_capacity: self.queue_capacity,
+            max_queued_inputs: self.max_queued_inputs,
         }
     }
 
@@ -81,6 +85,7 @@ impl Default for BatchingSpec {
             max_batch_tokens: 8192,
             max_queue_delay_ms: 5,
             queue_capacity: 1024,
+            max_queued_inputs: 16384,
             max_kv_bytes: 2 << 30,
             max_queue_wait_ms: 30_000,
         }
@@ -248,6 +253,9 @@ fn read_entry(file: &Path, folder: &str) -> Result<ModelEntry, ConfigError> {
     }
     if b.queue_capacity == 0 {
         return Err(invalid("batching.queue_capacity", "must be at least 1"));
+    }
+    if spec.batching.max_queued_inputs == 0 {
+        return Err(invalid("batching.max_queued_inputs", "must be at least 1"));
     }
     if spec.batching.max_kv_bytes == 0 {
         return Err(invalid("batching.max_kv_bytes", "must be at least 1"));

@@ -226,3 +226,67 @@ async fn a_disconnected_client_has_its_queued_inputs_dropped() {
     );
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_request_is_not_stuck_behind_a_huge_one() {
+    if !minilm_available() {
+        return;
+    }
+    let server = TestServer::start(|_| {}).await;
+    let client = reqwest::Client::new();
+    let huge: Vec<String> = (0..2048).map(|i| format!("sentence number {i}")).collect();
+    let big = {
+        let client = client.clone();
+        let url = server.url("/v1/embeddings");
+        tokio::spawn(async move {
+            let r = client
+                .post(url)
+                .json(&json!({"model": "minilm", "input": huge}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            std::time::Instant::now()
+        })
+    };
+    // Let the big one get queued and start.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = client
+        .post(server.url("/v1/embeddings"))
+        .json(&json!({"model": "minilm", "input": "a small request"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let small_done = std::time::Instant::now();
+    let big_done = big.await.unwrap();
+    // 2,048 inputs take about 64 batches; the small request rides in one of the next ones
+    // rather than waiting for all of them.
+    assert!(
+        small_done < big_done,
+        "the small request waited for the whole huge one"
+    );
+}
+
+#[tokio::test]
+async fn an_input_over_the_byte_limit_is_refused_before_tokenizing() {
+    if !minilm_available() {
+        return;
+    }
+    let server = TestServer::start(|c| c.limits.max_input_bytes = 1000).await;
+    let (status, _, v) = post_json(
+        &server,
+        "/v1/embeddings",
+        json!({"model": "minilm", "input": ["ok", "x".repeat(1001)]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "input[1]");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("limits.max_input_bytes"),
+        "{v}"
+    );
+}

@@ -124,11 +124,27 @@ async fn serve(
         }
     }
     let texts = parse_input(req.input, state.limits().max_inputs_per_request)?;
+    let max_bytes = state.limits().max_input_bytes;
+    if let Some(i) = texts.iter().position(|t| t.len() > max_bytes) {
+        let param = if texts.len() == 1 {
+            "input".to_string()
+        } else {
+            format!("input[{i}]")
+        };
+        return Err(ApiError::bad_request(
+            "invalid_input",
+            format!(
+                "`{param}` is {} bytes long, more than the limit of {max_bytes} (limits.max_input_bytes)",
+                texts[i].len()
+            ),
+        )
+        .with_param(param));
+    }
 
     let tokenizer = emb.tokenizer.clone();
     let truncate = req.truncate;
-    let ids =
-        handler::tokenize_blocking(move || tokenize_all(&tokenizer, &texts, truncate)).await?;
+    let ids = handler::tokenize_blocking(state, move || tokenize_all(&tokenizer, &texts, truncate))
+        .await?;
     let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
     crate::metrics::record_tokens(&model.name, "prompt", prompt_tokens);
 

@@ -187,11 +187,9 @@ impl From<crate::batch::SchedulerError> for ApiError {
     fn from(e: crate::batch::SchedulerError) -> Self {
         use crate::batch::SchedulerError;
         match e {
-            SchedulerError::QueueFull { .. } => ApiError::unavailable(
-                "queue_full",
-                format!("{e}; retry later (batching.queue_capacity)"),
-                1,
-            ),
+            SchedulerError::QueueFull { setting, .. } => {
+                ApiError::unavailable("queue_full", format!("{e}; retry later ({setting})"), 1)
+            }
             SchedulerError::Stopped(_) => ApiError::unavailable("shutting_down", e.to_string(), 1),
             SchedulerError::QueueTimeout { .. } => ApiError::unavailable(
                 "queue_timeout",

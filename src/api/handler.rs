@@ -126,17 +126,29 @@ where
 }
 
 /// Runs `work` (tokenizing, rendering a template: CPU-bound) on tokio's blocking pool so that it
-/// never stalls the async workers; its error becomes the response, a lost task a 500.
-pub async fn tokenize_blocking<T, E, F>(work: F) -> Result<T, ApiError>
+/// never stalls the async workers, at most `limits.tokenizer_concurrency` at once (a flood of
+/// large requests cannot start hundreds of blocking threads); waiting for a place counts
+/// against the caller's deadline. Its error becomes the response, a lost task a 500.
+pub async fn tokenize_blocking<T, E, F>(state: &AppState, work: F) -> Result<T, ApiError>
 where
     F: FnOnce() -> Result<T, E> + Send + 'static,
     T: Send + 'static,
     E: Into<ApiError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(work)
+    let permit = state
+        .tokenizing()
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(|e| ApiError::internal(format!("tokenization task failed: {e}")))?
-        .map_err(Into::into)
+        .map_err(|_| ApiError::internal("the tokenizer pool is closed"))?;
+    tokio::task::spawn_blocking(move || {
+        let out = work();
+        drop(permit);
+        out
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("tokenization task failed: {e}")))?
+    .map_err(Into::into)
 }
 
 /// How a response was served, as the `x-model`, `x-precision`, `x-batch-size` and

@@ -20,7 +20,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::Uri;
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 pub use error::ApiError;
 
@@ -42,12 +42,15 @@ struct StateInner {
     draining: AtomicBool,
     /// The grace period is over: open streams end with an error event.
     closing: watch::Sender<bool>,
+    /// Places on the blocking pool for tokenizing (`limits.tokenizer_concurrency`).
+    tokenizing: Arc<Semaphore>,
 }
 
 impl AppState {
     /// State with no models yet: inference answers 503 and `/ready` is not ready until
     /// [`AppState::set_registry`] is called.
     pub fn new(limits: Limits, auth: auth::Auth) -> Self {
+        let limits_tokenizers = limits.tokenizers();
         Self {
             inner: Arc::new(StateInner {
                 limits,
@@ -55,6 +58,7 @@ impl AppState {
                 registry: OnceLock::new(),
                 draining: AtomicBool::new(false),
                 closing: watch::Sender::new(false),
+                tokenizing: Arc::new(Semaphore::new(limits_tokenizers)),
             }),
         }
     }
@@ -74,6 +78,11 @@ impl AppState {
     /// The configured request limits.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The places for tokenizing work on the blocking pool.
+    pub fn tokenizing(&self) -> &Arc<Semaphore> {
+        &self.inner.tokenizing
     }
 
     /// The API keys and the paths open without one.

@@ -38,6 +38,9 @@ pub struct EmbeddingLimits {
     pub max_queue_delay: Duration,
     /// Requests admitted and unanswered before new ones are refused (HTTP 503).
     pub queue_capacity: usize,
+    /// Inputs waiting for compute, all requests together, before new requests are refused
+    /// (HTTP 503); a request is always admitted into an empty queue, whatever its size.
+    pub max_queued_inputs: usize,
 }
 
 /// What a request gets back.
@@ -69,6 +72,7 @@ pub struct EmbeddingScheduler {
     model: String,
     worker: Worker<Submission>,
     waiting_items: Arc<AtomicUsize>,
+    max_queued_inputs: usize,
 }
 
 impl EmbeddingScheduler {
@@ -108,6 +112,7 @@ impl EmbeddingScheduler {
             model: model.to_string(),
             worker,
             waiting_items,
+            max_queued_inputs: limits.max_queued_inputs,
         })
     }
 
@@ -119,8 +124,19 @@ impl EmbeddingScheduler {
     ) -> Result<oneshot::Receiver<Result<EmbedOutput, SchedulerError>>, SchedulerError> {
         let (reply, rx) = oneshot::channel();
         let n = inputs.len();
-        // Counted before the loop can see (and uncount) them.
-        self.waiting_items.fetch_add(n, Ordering::SeqCst);
+        // Counted before the loop can see (and uncount) them; refused when they would overfill
+        // a queue that already holds inputs.
+        let cap = self.max_queued_inputs;
+        self.waiting_items
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w == 0 || w + n <= cap).then_some(w + n)
+            })
+            .map_err(|_| SchedulerError::QueueFull {
+                model: self.model.clone(),
+                capacity: cap,
+                unit: "inputs",
+                setting: "batching.max_queued_inputs",
+            })?;
         let sub = Submission {
             inputs,
             submitted: Instant::now(),
@@ -535,6 +551,7 @@ mod tests {
             max_batch_tokens: 10_000,
             max_queue_delay: Duration::from_millis(delay_ms),
             queue_capacity: cap,
+            max_queued_inputs: 1 << 20,
         }
     }
 
@@ -730,6 +747,44 @@ mod tests {
             position, 1,
             "the small request waited behind the huge one: {log:?}"
         );
+    }
+
+    #[test]
+    fn queued_inputs_are_bounded_across_requests() {
+        let (engine, open, _log) = gated();
+        let limits = EmbeddingLimits {
+            max_queued_inputs: 10,
+            ..spec(4, 0, 64)
+        };
+        let s = EmbeddingScheduler::start("t", Box::new(engine), limits, None).unwrap();
+        let blocker = s.submit(vec![vec![1]]).unwrap();
+        wait_until(|| s.queue_depth() == 0);
+        // An empty queue takes a request of any size...
+        let big = s.submit((0..12).map(|_| vec![2]).collect()).unwrap();
+        // ...and a full one refuses more, naming the setting.
+        let err = s.submit(vec![vec![3]]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SchedulerError::QueueFull {
+                    capacity: 10,
+                    unit: "inputs",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(s.queue_depth(), 12, "the refused input was not counted");
+        for _ in 0..8 {
+            let _ = open.send(());
+        }
+        assert!(blocker.blocking_recv().unwrap().is_ok());
+        assert!(big.blocking_recv().unwrap().is_ok());
+        wait_until(|| s.queue_depth() == 0);
+        assert!(s.submit(vec![vec![4]]).is_ok(), "room again");
+        for _ in 0..4 {
+            let _ = open.send(());
+        }
     }
 
     #[test]

@@ -31,13 +31,18 @@ use crate::metrics as m;
 /// Why a request produced no result.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchedulerError {
-    /// `queue_capacity` requests are already admitted; the caller should retry later (HTTP 503).
-    #[error("the queue of model `{model}` is full ({capacity} requests waiting)")]
+    /// The model's queue is full (`queue_capacity` requests, or `max_queued_inputs` inputs);
+    /// the caller should retry later (HTTP 503).
+    #[error("the queue of model `{model}` is full ({capacity} {unit} waiting)")]
     QueueFull {
         /// The model.
         model: String,
-        /// Its queue capacity.
+        /// The limit reached.
         capacity: usize,
+        /// What it counts: `requests` or `inputs`.
+        unit: &'static str,
+        /// The setting that sets it, for the error message.
+        setting: &'static str,
     },
     /// The engine returned an error for a batch or step holding this request's work.
     #[error("inference failed: {0}")]
@@ -88,6 +93,8 @@ impl Admission {
             .map_err(|_| SchedulerError::QueueFull {
                 model: self.model.clone(),
                 capacity: self.capacity,
+                unit: "requests",
+                setting: "batching.queue_capacity",
             })
     }
 
@@ -261,7 +268,9 @@ mod tests {
             a.try_admit(),
             Err(SchedulerError::QueueFull {
                 model: "m".into(),
-                capacity: 2
+                capacity: 2,
+                unit: "requests",
+                setting: "batching.queue_capacity",
             })
         );
         a.release(1);

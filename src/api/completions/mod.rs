@@ -82,12 +82,18 @@ async fn handle(
     raw_prompt: Value,
     started: Instant,
 ) -> Response {
-    match prepare(state, endpoint, model_name, fields, raw_prompt).await {
-        Err(e) => e.into_response(),
-        Ok(p) if p.plan.stream => stream(p, endpoint, started, state),
-        // Dropping `complete` on timeout drops the event receiver: the sequence is cancelled.
-        Ok(p) => handler::within_timeout(state, complete(p, endpoint, started)).await,
-    }
+    // The whole request, preparing (tokenizing) included, runs within the request deadline; a
+    // stream's own deadline then runs on in the stream (see `ending`). Dropping `complete` on
+    // timeout drops the event receiver: the sequence is cancelled.
+    let work = async {
+        let p = prepare(state, endpoint, model_name, fields, raw_prompt).await?;
+        if p.plan.stream {
+            Ok(stream(p, endpoint, started, state))
+        } else {
+            complete(p, endpoint, started).await
+        }
+    };
+    handler::within_timeout(state, work).await
 }
 
 /// Finds the model, validates the request, renders and tokenizes the prompt (blocking pool)
@@ -103,7 +109,7 @@ async fn prepare<'a>(
     let validate::Request { plan, prompt } =
         validate::request(endpoint, fields, raw_prompt, state.limits())?;
     let engine = gen.engine.clone();
-    let ids = handler::tokenize_blocking(move || tokenize(&engine, prompt)).await?;
+    let ids = handler::tokenize_blocking(state, move || tokenize(&engine, prompt)).await?;
     let prompt = validate::check_context(gen, ids, &plan, endpoint)?;
     crate::metrics::record_tokens(&model.name, "prompt", prompt.len());
     Ok(Prepared {

@@ -159,6 +159,23 @@ pub fn request(
         Endpoint::Chat => Prompt::Chat(parse_messages(raw_prompt)?),
         Endpoint::Completions => parse_prompt(raw_prompt)?,
     };
+    let bytes = match &prompt {
+        Prompt::Text(t) => t.len(),
+        Prompt::Chat(messages) => messages
+            .iter()
+            .map(|m| m.role.len() + m.content.len())
+            .sum(),
+        Prompt::Tokens(_) => 0,
+    };
+    if bytes > limits.max_input_bytes {
+        return Err(ValidationError::prompt(
+            endpoint.prompt_param(),
+            format!(
+                "The prompt is {bytes} bytes long, more than the limit of {} (limits.max_input_bytes)",
+                limits.max_input_bytes
+            ),
+        ));
+    }
     Ok(Request { plan, prompt })
 }
 
