@@ -30,6 +30,9 @@ pub enum WeightFormat {
     Gguf,
 }
 
+/// Default active sequences of a generation model per sequence of its step.
+const ACTIVE_PER_STEP: usize = 4;
+
 /// `[batching]` of a model.toml: how the model's scheduler forms batches.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -45,6 +48,9 @@ pub struct BatchingSpec {
     /// Embedding models: inputs waiting for compute, all requests together, before new
     /// requests are refused with 503. Default 16384.
     pub max_queued_inputs: usize,
+    /// Generation models: sequences in progress at most; steps take turns among them when
+    /// more are active than `max_batch_size`. Default 4 × `max_batch_size`.
+    pub max_active_seqs: Option<usize>,
     /// Generation models: bytes the running sequences' KV caches may hold together, each
     /// counted at its worst case (prompt + max tokens). Default 2 GiB.
     pub max_kv_bytes: usize,
@@ -70,6 +76,10 @@ impl BatchingSpec {
     pub fn generation_limits(&self) -> GenerationLimits {
         GenerationLimits {
             max_running_seqs: self.max_batch_size,
+            max_active_seqs: self
+                .max_active_seqs
+                .unwrap_or(ACTIVE_PER_STEP * self.max_batch_size)
+                .max(self.max_batch_size),
             max_batch_tokens: self.max_batch_tokens,
             queue_capacity: self.queue_capacity,
             max_kv_bytes: self.max_kv_bytes,
@@ -86,6 +96,7 @@ impl Default for BatchingSpec {
             max_queue_delay_ms: 5,
             queue_capacity: 1024,
             max_queued_inputs: 16384,
+            max_active_seqs: None,
             max_kv_bytes: 2 << 30,
             max_queue_wait_ms: 30_000,
         }

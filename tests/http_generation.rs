@@ -276,3 +276,47 @@ async fn a_prompt_longer_than_the_context_is_rejected_naming_the_limit() {
     assert_eq!(v["usage"]["total_tokens"], 32);
     assert_eq!(v["choices"][0]["finish_reason"], "length");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_completion_is_served_while_sixteen_long_streams_run() {
+    if !available() {
+        return;
+    }
+    let s = common::TestServer::start(|c| {
+        c.server.models = vec!["smollm2".into()];
+        c.limits.allow_ignore_eos = true;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let mut streams = Vec::new();
+    for i in 0..16 {
+        let mut r = client
+            .post(s.url("/v1/completions"))
+            .json(
+                &json!({"model": "smollm2", "prompt": format!("Story {i}:"), "max_tokens": 2000,
+                          "ignore_eos": true, "temperature": 0, "stream": true}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.chunk().await.unwrap();
+        streams.push(r);
+    }
+    // Every decode slot of the model (max_batch_size 16) is taken by a long stream.
+    let started = std::time::Instant::now();
+    let (status, _, v) = post(
+        &s,
+        "/v1/completions",
+        json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 4, "temperature": 0}),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "a 4-token completion took {took:?} beside 16 long streams"
+    );
+    drop(streams);
+}

@@ -24,8 +24,11 @@ use crate::metrics as m;
 /// Limits of one generation model's scheduler (`[batching]` of its model.toml).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GenerationLimits {
-    /// Sequences decoded together at most (`batching.max_batch_size`).
+    /// Sequences in one step at most (`batching.max_batch_size`).
     pub max_running_seqs: usize,
+    /// Sequences in progress at most (`batching.max_active_seqs`, at least `max_running_seqs`):
+    /// when more are active than fit a step, steps take turns among them.
+    pub max_active_seqs: usize,
     /// Tokens in one forward pass at most: one per decoding sequence plus prompt chunks.
     pub max_batch_tokens: usize,
     /// Requests admitted (running or waiting) before new ones get 503.
@@ -143,6 +146,7 @@ impl GenerationScheduler {
                     admission,
                     waiting: VecDeque::new(),
                     running: Vec::new(),
+                    steps: 0,
                 }
                 .run()
             },
@@ -190,6 +194,8 @@ struct Seq<C> {
     /// Text produced but not yet sent (it may be the start of a stop string).
     held: String,
     first_step: Option<Instant>,
+    /// The loop's step count when this sequence last took part in a step (0: never).
+    last_step: u64,
     first_token: Option<Duration>,
     compute_time: Duration,
     max_batch: usize,
@@ -210,6 +216,7 @@ impl<C> Seq<C> {
             text: TextStream::default(),
             held: String::new(),
             first_step: None,
+            last_step: 0,
             first_token: None,
             compute_time: Duration::ZERO,
             max_batch: 0,
@@ -231,6 +238,8 @@ struct StepLoop<D: Decoder> {
     admission: Admission,
     waiting: VecDeque<Submission>,
     running: Vec<Seq<D::Cache>>,
+    /// Steps run so far.
+    steps: u64,
 }
 
 /// Completion tokens a new sequence's KV cache has room for before it grows.
@@ -269,7 +278,7 @@ impl<D: Decoder> StepLoop<D> {
         let per_token = self.engine.cache_bytes_per_token();
         let worst = |job: &GenerationJob| (job.prompt.len() + job.max_new_tokens) * per_token;
         let mut reserved: usize = self.running.iter().map(|s| worst(&s.job)).sum();
-        while self.running.len() < self.limits.max_running_seqs {
+        while self.running.len() < self.limits.max_active_seqs {
             let Some(next) = self.waiting.front() else {
                 break;
             };
@@ -314,16 +323,31 @@ impl<D: Decoder> StepLoop<D> {
 
     /// Chooses each running sequence's tokens for this step: one for every decoding sequence,
     /// then prompt chunks in admission order while the budget lasts.
-    fn plan(&self) -> Vec<(usize, std::ops::Range<usize>)> {
+    ///
+    /// At most `max_running_seqs` sequences take part in a step. When more are active, those
+    /// served least recently go first, so that every active sequence advances: a short request
+    /// admitted beside many long streams finishes in a few of its own steps instead of waiting
+    /// for a stream to end.
+    fn plan(&mut self) -> Vec<(usize, std::ops::Range<usize>)> {
+        let running = &self.running;
+        let mut chosen: Vec<usize> = (0..running.len())
+            .filter(|&i| !running[i].prompt_done() || running[i].next.is_some())
+            .collect();
+        if chosen.len() > self.limits.max_running_seqs {
+            chosen.sort_by_key(|&i| (running[i].last_step, i));
+            chosen.truncate(self.limits.max_running_seqs);
+            chosen.sort_unstable();
+        }
         let mut budget = self.limits.max_batch_tokens;
         let mut plan = Vec::new();
-        for (i, s) in self.running.iter().enumerate() {
-            if s.prompt_done() && s.next.is_some() && budget > 0 {
+        for &i in &chosen {
+            if running[i].prompt_done() && budget > 0 {
                 plan.push((i, 0..1));
                 budget -= 1;
             }
         }
-        for (i, s) in self.running.iter().enumerate() {
+        for &i in &chosen {
+            let s = &running[i];
             if !s.prompt_done() && budget > 0 {
                 let n = (s.job.prompt.len() - s.prefilled).min(budget);
                 plan.push((i, s.prefilled..s.prefilled + n));
@@ -331,6 +355,10 @@ impl<D: Decoder> StepLoop<D> {
             }
         }
         plan.sort_by_key(|(i, _)| *i);
+        self.steps += 1;
+        for (i, _) in &plan {
+            self.running[*i].last_step = self.steps;
+        }
         plan
     }
 
@@ -638,6 +666,7 @@ mod tests {
     fn limits(running: usize, tokens: usize, capacity: usize) -> GenerationLimits {
         GenerationLimits {
             max_running_seqs: running,
+            max_active_seqs: running,
             max_batch_tokens: tokens,
             queue_capacity: capacity,
             max_kv_bytes: usize::MAX,
@@ -1011,6 +1040,45 @@ mod tests {
                 .all(|step| step.iter().all(|e| e.0 != 10)),
             "the expired request was computed"
         );
+    }
+
+    #[test]
+    fn when_more_sequences_are_active_than_fit_a_step_they_take_turns() {
+        let (engine, open, log) = gated();
+        // Two per step, four in progress: a short request joins two long ones at once.
+        let limits = GenerationLimits {
+            max_active_seqs: 4,
+            ..limits(2, 64, 16)
+        };
+        let s = start(engine, limits);
+        let long_a = submit(&s, prompt(1, &[0]), 1000);
+        wait_until(|| steps(&log).len() == 1);
+        let long_b = submit(&s, prompt(2, &[0]), 1000);
+        let _ = open.send(());
+        wait_until(|| steps(&log).len() == 2);
+        let short = submit(&s, prompt(3, &[1]), 3);
+        for _ in 0..12 {
+            let _ = open.send(());
+        }
+        assert_eq!(outcome(short).0, "bbb", "the short request finished");
+        let log = steps(&log);
+        let short_steps = log
+            .iter()
+            .position(|step| step.iter().any(|e| e.0 == 3))
+            .unwrap();
+        assert!(
+            log.iter().all(|step| step.len() <= 2),
+            "a step over the limit: {log:?}"
+        );
+        assert!(
+            short_steps <= 3,
+            "the short request waited for its turn: {log:?}"
+        );
+        drop((long_a, long_b));
+        for _ in 0..8 {
+            let _ = open.send(());
+        }
+        wait_until(|| s.in_flight() == 0);
     }
 
     #[test]
