@@ -2,7 +2,7 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: serve test models openai-client build release fmt clean check-cuda
+.PHONY: serve test models openai-client build release fmt clean check-cuda soak
 
 ## Fetch the default models if missing, build release, serve on :8080 (pass more flags with ARGS=...).
 serve: models
@@ -29,6 +29,12 @@ check-cuda:
 	  CUDA_HOME="$$home" CUDA_ROOT="$$home" PATH="$$home/bin:$$PATH" \
 	  CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR=$(CURDIR)/target/cuda \
 	  $(CARGO) clippy --locked --workspace --all-targets --features cuda -- -D warnings
+
+## Soak (not in CI): 10 minutes at 10x the sustained rate, mixed embeddings and streams with
+## disconnects, against the release binary; report in target/soak/soak.json (SOAK_ARGS to change).
+SOAK_ARGS ?= --duration 600 --overload 10
+soak: models release
+	python3 tests/soak/soak.py --binary target/release/wattserve --out target/soak $(SOAK_ARGS)
 
 ## The official openai Python client in target/openai-venv, for tests/openai_client.rs (idempotent).
 openai-client:

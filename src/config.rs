@@ -113,6 +113,9 @@ pub struct ServerConfig {
     /// On SIGTERM / Ctrl-C: time in-flight requests get to finish before open streams are
     /// ended with an error event and remaining connections are closed. Default 30 s.
     pub shutdown_grace_s: f64,
+    /// A port of its own for `GET /metrics` (same host, no API key: restrict it by network, as
+    /// for TEI's and Triton's metrics ports). `None`: `/metrics` only on the main port.
+    pub metrics_port: Option<u16>,
     /// Browser origins (`https://app.example.com`) allowed to call the API from a web page;
     /// `["*"]` allows any. Default none: no CORS headers, browsers refuse cross-site calls.
     pub cors_allowed_origins: Vec<String>,
@@ -131,6 +134,7 @@ impl Default for ServerConfig {
             max_connections: 1024,
             shutdown_grace_s: 30.0,
             cors_allowed_origins: Vec::new(),
+            metrics_port: None,
         }
     }
 }

@@ -56,6 +56,7 @@ pub enum ServeError {
 /// so `/health` answers at once and `/ready` turns 200 when every model is loaded.
 pub struct Server {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     entries: Vec<ModelEntry>,
     state: AppState,
     config: Config,
@@ -85,8 +86,20 @@ impl Server {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
+        let metrics_listener = match config.server.metrics_port {
+            Some(port) => {
+                let addr = format!("{}:{port}", config.server.host);
+                Some(
+                    TcpListener::bind(&addr)
+                        .await
+                        .map_err(|source| ServeError::Bind { addr, source })?,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
+            metrics_listener,
             entries,
             state: AppState::new(config.limits.clone(), auth),
             config: config.clone(),
@@ -98,6 +111,11 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// The metrics listener's address, when `server.metrics_port` is set.
+    pub fn metrics_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.metrics_listener.as_ref().map(TcpListener::local_addr)
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish,
     /// and stops the compute threads. Returns early with [`ServeError::Load`] if a model fails to
     /// load.
@@ -107,10 +125,27 @@ impl Server {
     ) -> Result<(), ServeError> {
         let Server {
             listener,
+            metrics_listener,
             entries,
             state,
             config,
         } = self;
+        let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+        let metrics = metrics_listener.map(|l| {
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!("metrics on http://{addr}/metrics");
+            }
+            let mut stopping = stopping_rx.clone();
+            tokio::spawn(listener::serve(
+                l,
+                crate::api::metrics_router(),
+                connection_limits(&config.server),
+                async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                },
+                tokio::time::sleep(Duration::from_secs(1)),
+            ))
+        });
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("listening on http://{addr}");
         }
@@ -131,6 +166,7 @@ impl Server {
                 _ = fail_rx.recv() => {}
             }
             draining.begin_drain();
+            let _ = stopping_tx.send(true);
         };
         let closing = state.clone();
         let grace_over = async move {
@@ -171,6 +207,9 @@ impl Server {
             .await
             .map_err(|e| std::io::Error::other(format!("server task failed: {e}")))?;
         watchdog.abort();
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
         let dead = state
             .registry()
             .map(|r| r.dead_models())

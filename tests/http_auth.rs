@@ -124,3 +124,30 @@ async fn a_bad_keys_file_stops_the_server_with_its_line() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_have_a_port_of_their_own_without_a_key() {
+    if !common::minilm_available() {
+        return;
+    }
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "ops {}", sha256_hex("sk-ops")).unwrap();
+    let path = file.path().to_path_buf();
+    let s = TestServer::start(move |c| {
+        c.server.metrics_port = Some(0);
+        c.auth.keys_file = Some(path);
+    })
+    .await;
+    let metrics = s.metrics_addr.expect("a metrics listener");
+    let r = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("# TYPE"));
+    // Only /metrics there; the API stays on the main port, behind its keys.
+    let r = reqwest::get(format!("http://{metrics}/v1/models"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(reqwest::get(s.url("/metrics")).await.unwrap().status(), 401);
+}

@@ -92,7 +92,8 @@ pub async fn health() -> Json<Status> {
     })
 }
 
-/// `GET /ready`: every configured model is loaded (readiness). 503 while loading.
+/// `GET /ready`: every configured model is loaded and serving (readiness). 503 while loading,
+/// once shutdown has begun, or naming a model whose compute thread stopped.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
     if state.is_draining() {
         return Err(ApiError::unavailable(
@@ -134,4 +135,23 @@ pub async fn metrics() -> Result<impl IntoResponse, ApiError> {
         )],
         body,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::auth::Auth;
+    use crate::config::Limits;
+
+    #[tokio::test]
+    async fn ready_turns_503_once_shutdown_begins() {
+        let state = AppState::new(Limits::default(), Auth::default());
+        // Still loading: 503 not_ready.
+        let e = ready(State(state.clone())).await.err().unwrap();
+        assert_eq!((e.status.as_u16(), e.code), (503, "not_ready"));
+        state.begin_drain();
+        let e = ready(State(state)).await.err().unwrap();
+        assert_eq!((e.status.as_u16(), e.code), (503, "shutting_down"));
+        assert_eq!(e.retry_after, Some(1));
+    }
 }

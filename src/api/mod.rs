@@ -115,6 +115,13 @@ impl AppState {
     }
 }
 
+/// The metrics listener's one route (`server.metrics_port`): `GET /metrics`, no key.
+pub fn metrics_router() -> Router {
+    Router::new()
+        .route("/metrics", get(meta::metrics))
+        .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
+}
+
 /// All routes, with the body limit, API-key and request-id (access log) layers.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits().max_body_bytes;

@@ -95,6 +95,8 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// A server running in this process on 127.0.0.1:0; shut down on drop (or with `stop`).
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The metrics listener, when `server.metrics_port` is set.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), wattserve::ServeError>>>,
 }
@@ -123,12 +125,14 @@ impl TestServer {
         edit_models(&mut entries);
         let server = Server::bind_entries(&config, entries).await.unwrap();
         let addr = server.local_addr().unwrap();
+        let metrics_addr = server.metrics_addr().map(Result::unwrap);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
         }));
         let me = Self {
             addr,
+            metrics_addr,
             stop: Some(tx),
             task: Some(task),
         };
