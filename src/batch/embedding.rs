@@ -509,6 +509,7 @@ pub fn plan_batch(candidates: &[Candidate], max_size: usize, max_tokens: usize) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::test_support::wait_until;
     use crate::engine::EngineError;
     use std::sync::Mutex;
 
@@ -564,14 +565,6 @@ mod tests {
         };
         let log = engine.log.clone();
         (engine, open, log)
-    }
-
-    fn wait_until(mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !f() {
-            assert!(Instant::now() < deadline, "condition not reached in 10 s");
-            std::thread::sleep(Duration::from_millis(1));
-        }
     }
 
     /// Candidates of single-input requests (all in round 0) of these lengths.

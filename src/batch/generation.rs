@@ -565,6 +565,7 @@ fn held_back(text: &str, stops: &[String]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::test_support::wait_until;
     use crate::engine::EngineError;
     use std::sync::Mutex;
     use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
@@ -733,14 +734,6 @@ mod tests {
                 Some(GenEvent::Failed(e)) => return (text, Err(e)),
                 None => return (text, Err(SchedulerError::Stopped("closed".into()))),
             }
-        }
-    }
-
-    fn wait_until(mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !f() {
-            assert!(Instant::now() < deadline, "condition not reached in 10 s");
-            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
