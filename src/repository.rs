@@ -68,6 +68,7 @@ impl BatchingSpec {
             max_queue_delay: std::time::Duration::from_millis(self.max_queue_delay_ms),
             queue_capacity: self.queue_capacity,
             max_queued_inputs: self.max_queued_inputs,
+            max_queue_wait: std::time::Duration::from_millis(self.max_queue_wait_ms),
         }
     }
 

@@ -123,7 +123,7 @@ async fn an_oversized_request_head_gets_431() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_wait_for_a_free_one() {
+async fn connections_beyond_the_cap_get_503_at_once() {
     if !common::minilm_available() {
         return;
     }
@@ -133,20 +133,31 @@ async fn connections_beyond_the_cap_wait_for_a_free_one() {
         let a = connect(addr);
         let b = connect(addr);
         std::thread::sleep(Duration::from_millis(100));
-        // The third connection is not served while two are open...
+        // The third connection is answered at once with 503, not left waiting.
         let mut c = connect(addr);
-        c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(150)))
-            .unwrap();
-        let mut buf = [0u8; 64];
+        let started = Instant::now();
+        let (text, closed) = read_until_closed(&mut c, Duration::from_secs(5));
         assert!(
-            c.read(&mut buf).is_err(),
-            "served beyond the connection cap"
+            closed && started.elapsed() < Duration::from_secs(2),
+            "{text:?}"
         );
-        // ...and is once one of them closes.
+        assert!(text.starts_with("HTTP/1.1 503"), "{text:?}");
+        assert!(
+            text.contains("retry-after: 1") && text.contains("too_many_connections"),
+            "{text}"
+        );
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["type"], "overloaded_error");
+        // Once one closes, a new connection is served.
         drop(a);
-        let (text, _) = read_until_closed(&mut c, Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(100));
+        let mut d = connect(addr);
+        d.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let (text, _) = read_until_closed(&mut d, Duration::from_secs(5));
         assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
         drop(b);
     })

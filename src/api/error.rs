@@ -191,6 +191,11 @@ impl From<crate::batch::SchedulerError> for ApiError {
                 ApiError::unavailable("queue_full", format!("{e}; retry later ({setting})"), 1)
             }
             SchedulerError::Stopped(_) => ApiError::unavailable("shutting_down", e.to_string(), 1),
+            SchedulerError::Overloaded { .. } => ApiError::unavailable(
+                "queue_full",
+                format!("{e}; retry later (batching.max_queue_wait_ms)"),
+                1,
+            ),
             SchedulerError::QueueTimeout { .. } => ApiError::unavailable(
                 "queue_timeout",
                 format!("{e}; retry later (batching.max_queue_wait_ms)"),

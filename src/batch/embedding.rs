@@ -15,7 +15,7 @@
 //! dropped before compute. An engine error or panic fails the requests of that batch only.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,6 +41,11 @@ pub struct EmbeddingLimits {
     /// Inputs waiting for compute, all requests together, before new requests are refused
     /// (HTTP 503); a request is always admitted into an empty queue, whatever its size.
     pub max_queued_inputs: usize,
+    /// Longest a request should wait before its first batch: one whose expected wait (queued
+    /// inputs over the recent compute rate) is longer is refused at once, and one that has
+    /// waited this long anyway fails with [`SchedulerError::QueueTimeout`] (both HTTP 503),
+    /// so that overload is answered early rather than with timeouts.
+    pub max_queue_wait: Duration,
 }
 
 /// What a request gets back.
@@ -73,6 +78,10 @@ pub struct EmbeddingScheduler {
     worker: Worker<Submission>,
     waiting_items: Arc<AtomicUsize>,
     max_queued_inputs: usize,
+    max_queue_wait: Duration,
+    /// Inputs per second of compute, a moving average over recent batches (f64 bits; 0 until
+    /// the first batch).
+    rate: Arc<AtomicU64>,
 }
 
 impl EmbeddingScheduler {
@@ -85,6 +94,8 @@ impl EmbeddingScheduler {
     ) -> std::io::Result<Self> {
         let waiting_items = Arc::new(AtomicUsize::new(0));
         let waiting = waiting_items.clone();
+        let rate = Arc::new(AtomicU64::new(0));
+        let loop_rate = rate.clone();
         let name = model.to_string();
         let worker = Worker::spawn(
             model,
@@ -100,6 +111,7 @@ impl EmbeddingScheduler {
                     window: (limits.max_batch_size * 8).max(64),
                     admission,
                     waiting_items: waiting,
+                    rate: loop_rate,
                     jobs: HashMap::new(),
                     pending: VecDeque::new(),
                     next_job: 0,
@@ -113,6 +125,8 @@ impl EmbeddingScheduler {
             worker,
             waiting_items,
             max_queued_inputs: limits.max_queued_inputs,
+            max_queue_wait: limits.max_queue_wait,
+            rate,
         })
     }
 
@@ -124,6 +138,18 @@ impl EmbeddingScheduler {
     ) -> Result<oneshot::Receiver<Result<EmbedOutput, SchedulerError>>, SchedulerError> {
         let (reply, rx) = oneshot::channel();
         let n = inputs.len();
+        let rate = f64::from_bits(self.rate.load(Ordering::Relaxed));
+        let queued = self.waiting_items.load(Ordering::SeqCst);
+        if rate > 0.0 && queued > 0 {
+            let expected = Duration::from_secs_f64(queued as f64 / rate);
+            if expected > self.max_queue_wait {
+                return Err(SchedulerError::Overloaded {
+                    model: self.model.clone(),
+                    expected_ms: expected.as_millis() as u64,
+                    limit_ms: self.max_queue_wait.as_millis() as u64,
+                });
+            }
+        }
         // Counted before the loop can see (and uncount) them; refused when they would overfill
         // a queue that already holds inputs.
         let cap = self.max_queued_inputs;
@@ -197,6 +223,8 @@ struct BatchLoop {
     window: usize,
     admission: Admission,
     waiting_items: Arc<AtomicUsize>,
+    /// Where the recent compute rate is published for admission.
+    rate: Arc<AtomicU64>,
     jobs: HashMap<u64, Job>,
     /// Waiting items, oldest first.
     pending: VecDeque<Item>,
@@ -216,6 +244,7 @@ impl BatchLoop {
             }
             self.drain_channel();
             self.drop_abandoned();
+            self.expire_waiting();
             if self.pending.is_empty() {
                 continue;
             }
@@ -298,6 +327,26 @@ impl BatchLoop {
         }
         let longest = self.pending.iter().map(|i| i.len).max().unwrap_or(0);
         longest * self.pending.len() >= self.limits.max_batch_tokens
+    }
+
+    /// Fails the requests that have waited longer than `max_queue_wait` without any of their
+    /// inputs computed.
+    fn expire_waiting(&mut self) {
+        let limit = self.limits.max_queue_wait;
+        let expired: Vec<(u64, Duration)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.first_start.is_none() && j.submitted.elapsed() > limit)
+            .map(|(&id, j)| (id, j.submitted.elapsed()))
+            .collect();
+        for (id, waited) in expired {
+            let err = SchedulerError::QueueTimeout {
+                model: self.model.clone(),
+                waited_ms: waited.as_millis() as u64,
+            };
+            self.fail(id, err);
+        }
+        m::set_queue_depth(&self.model, self.waiting_items.load(Ordering::SeqCst));
     }
 
     /// Drops the waiting items of requests whose caller has gone.
@@ -385,6 +434,17 @@ impl BatchLoop {
                 .collect();
             engine.embed_tokens(&seqs)
         });
+        let seconds = step.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            let now = n as f64 / seconds;
+            let before = f64::from_bits(self.rate.load(Ordering::Relaxed));
+            let rate = if before > 0.0 {
+                0.8 * before + 0.2 * now
+            } else {
+                now
+            };
+            self.rate.store(rate.to_bits(), Ordering::Relaxed);
+        }
         for item in &batch {
             if let Some(job) = self.jobs.get_mut(&item.job) {
                 if job.first_start.is_none() {
@@ -553,6 +613,7 @@ mod tests {
             max_queue_delay: Duration::from_millis(delay_ms),
             queue_capacity: cap,
             max_queued_inputs: 1 << 20,
+            max_queue_wait: Duration::from_secs(3600),
         }
     }
 
@@ -778,6 +839,45 @@ mod tests {
         for _ in 0..4 {
             let _ = open.send(());
         }
+    }
+
+    #[test]
+    fn a_request_that_cannot_start_in_time_is_refused_or_expires() {
+        let (engine, open, log) = gated();
+        let limits = EmbeddingLimits {
+            max_queue_wait: Duration::from_millis(50),
+            ..spec(1, 0, 64)
+        };
+        let s = EmbeddingScheduler::start("t", Box::new(engine), limits, None).unwrap();
+        let first = s.submit(vec![vec![1]]).unwrap();
+        wait_until(|| s.queue_depth() == 0); // computing, blocked
+        let late = s.submit(vec![vec![2]]).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = open.send(()); // first done; `late` has waited past the limit
+        assert!(first.blocking_recv().unwrap().is_ok());
+        let err = late.blocking_recv().unwrap().unwrap_err();
+        assert!(
+            matches!(err, SchedulerError::QueueTimeout { waited_ms, .. } if waited_ms >= 50),
+            "{err:?}"
+        );
+        assert_eq!(
+            log.lock().unwrap().len(),
+            1,
+            "the expired request was computed"
+        );
+        // Now the loop knows its rate (one input per ~100 ms): with inputs queued behind a
+        // blocked batch, a new request is refused at once.
+        let busy = s.submit(vec![vec![3]]).unwrap();
+        wait_until(|| s.queue_depth() == 0);
+        let queued = s.submit(vec![vec![4]]).unwrap();
+        let err = s.submit(vec![vec![5]]).unwrap_err();
+        assert!(matches!(err, SchedulerError::Overloaded { .. }), "{err:?}");
+        for _ in 0..4 {
+            let _ = open.send(());
+        }
+        drop(s);
+        assert!(busy.blocking_recv().unwrap().is_ok());
+        let _ = queued.blocking_recv();
     }
 
     #[test]

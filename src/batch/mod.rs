@@ -54,6 +54,17 @@ pub enum SchedulerError {
     /// The scheduler is shutting down.
     #[error("the model `{0}` is shutting down")]
     Stopped(String),
+    /// The model's queue would take longer than its queue-wait limit to reach this request, by
+    /// the rate it has been computing at; refused at once (HTTP 503).
+    #[error("model `{model}` would start this request in about {expected_ms} ms, more than its limit of {limit_ms} ms")]
+    Overloaded {
+        /// The model.
+        model: String,
+        /// The expected wait.
+        expected_ms: u64,
+        /// `batching.max_queue_wait_ms`.
+        limit_ms: u64,
+    },
     /// The request waited longer than the model's queue-wait limit for a free slot; the caller
     /// should retry later (HTTP 503).
     #[error("the request waited {waited_ms} ms for a free slot of model `{model}`")]

@@ -2,8 +2,8 @@
 //! deadlines that axum's own `serve` does not set (it gives hyper no timer, so hyper's header
 //! timeout never fires), and ends them within a bounded time at shutdown.
 //!
-//! - At most `max_connections` connections are open; beyond that, new ones wait in the kernel's
-//!   accept backlog until one closes.
+//! - At most `max_connections` connections are open; a connection beyond that is answered 503
+//!   (`too_many_connections`, `Retry-After`) at once and closed, never left waiting.
 //! - A connection must deliver each request's headers within `header_read_timeout`, and an idle
 //!   keep-alive connection is closed after the same time (hyper runs one timer for both): slow
 //!   or silent sockets cannot pile up.
@@ -51,6 +51,23 @@ async fn protocol_readable(stream: &tokio::net::TcpStream, limit: Duration) -> b
     tokio::time::timeout(limit, wait).await.unwrap_or(false)
 }
 
+/// The body a connection beyond `max_connections` gets, with 503 and `Retry-After`.
+const OVER_CAPACITY: &str = r#"{"error":{"code":"too_many_connections","message":"The server has reached its connection limit (server.max_connections); retry shortly","param":null,"type":"overloaded_error"}}"#;
+
+/// Answers a connection over the cap with 503 without reading its request, and closes it.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{OVER_CAPACITY}",
+        OVER_CAPACITY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(response.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
 /// Smallest request-head buffer hyper accepts.
 const MIN_HEADER_BYTES: usize = 8192;
 
@@ -94,14 +111,6 @@ pub async fn serve(
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            permit = open.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
         let (stream, _peer) = tokio::select! {
             biased;
             _ = &mut shutdown => break,
@@ -114,6 +123,12 @@ pub async fn serve(
                     continue;
                 }
             },
+        };
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            // At the cap: answer at once rather than leave the client waiting in the backlog
+            // for as long as the open connections last.
+            connections.spawn(refuse(stream));
+            continue;
         };
         let service = app
             .clone()
