@@ -320,3 +320,48 @@ async fn a_short_completion_is_served_while_sixteen_long_streams_run() {
     );
     drop(streams);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_cannot_start_in_time_gets_503_not_a_broken_200() {
+    if !available() {
+        return;
+    }
+    let s = common::TestServer::start_with(
+        |c| {
+            c.server.models = vec!["smollm2".into()];
+            c.limits.allow_ignore_eos = true;
+        },
+        |entries| {
+            let b = &mut entries[0].spec.batching;
+            b.max_batch_size = 1;
+            b.max_active_seqs = Some(1);
+            b.max_queue_wait_ms = 200;
+        },
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // One long stream takes the only slot.
+    let mut long = client
+        .post(s.url("/v1/completions"))
+        .json(
+            &json!({"model": "smollm2", "prompt": "Count:", "max_tokens": 3000,
+                      "ignore_eos": true, "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 200);
+    long.chunk().await.unwrap();
+    let r = client
+        .post(s.url("/v1/chat/completions"))
+        .json(&json!({"model": "smollm2", "stream": true, "max_tokens": 4,
+                      "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "queue_timeout", "{v}");
+    drop(long);
+}

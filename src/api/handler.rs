@@ -162,8 +162,9 @@ pub struct Serving<'a> {
     /// The first `server-timing` entries, in order: a name and a duration (written in
     /// milliseconds).
     pub timing: &'a [(&'static str, Duration)],
-    /// The last entry (`total`, or `prepare` for a stream): a name and the time since an
-    /// instant, taken when the headers are written, so that it includes building the body.
+    /// The last entry (`total`, or `ttft` for a stream, whose headers go out with its first
+    /// token): a name and the time since an instant, taken when the headers are written, so
+    /// that it includes building the body.
     pub until_now: (&'static str, Instant),
 }
 

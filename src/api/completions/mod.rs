@@ -88,7 +88,7 @@ async fn handle(
     let work = async {
         let p = prepare(state, endpoint, model_name, fields, raw_prompt).await?;
         if p.plan.stream {
-            Ok(stream(p, endpoint, started, state))
+            stream(p, endpoint, started, state).await
         } else {
             complete(p, endpoint, started).await
         }
@@ -194,15 +194,25 @@ async fn complete(
     Ok(handler::metered_json(body, serving, energy.as_ref()))
 }
 
-/// Submits the sequence and answers at once with its event stream. Only what is known before
-/// the first step goes in the headers: the model, its precision, the time to prepare.
-fn stream(p: Prepared<'_>, endpoint: Endpoint, started: Instant, state: &AppState) -> Response {
-    let rx = match submit(p.gen, &p.plan, p.prompt) {
-        Ok(rx) => rx,
-        Err(e) => return e.into_response(),
+/// Submits the sequence and answers with its event stream once the sequence has produced its
+/// first event, so that a request that cannot start (a full queue, the queue-wait deadline, a
+/// failed first step) gets its status (503, 500) rather than a 200 and an error event. Only
+/// what is known then goes in the headers: the model, its precision, the time to first event.
+async fn stream(
+    p: Prepared<'_>,
+    endpoint: Endpoint,
+    started: Instant,
+    state: &AppState,
+) -> Result<Response, ApiError> {
+    let mut rx = submit(p.gen, &p.plan, p.prompt)?;
+    let first = match rx.recv().await {
+        Some(GenEvent::Failed(e)) => return Err(e.into()),
+        Some(event) => event,
+        None => return Err(ApiError::internal("the compute thread stopped")),
     };
     let rid = ResponseId::new(endpoint, &p.model.name);
     let events = sse::events(
+        first,
         rx,
         p.model.clone(),
         rid,
@@ -216,10 +226,10 @@ fn stream(p: Prepared<'_>, endpoint: Endpoint, started: Instant, state: &AppStat
         model: p.model,
         batch_size: None,
         timing: &[],
-        until_now: ("prepare", started),
+        until_now: ("ttft", started),
     }
     .write(resp.headers_mut());
-    resp
+    Ok(resp)
 }
 
 /// What cuts a stream short: the server's shutdown, or the request deadline (counted from

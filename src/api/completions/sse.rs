@@ -22,8 +22,10 @@ use crate::api::ApiError;
 use crate::batch::generation::GenEvent;
 use crate::registry::ServedModel;
 
-/// The chunks of one streamed completion, read from its sequence's events.
+/// The chunks of one streamed completion: `first` (the event the handler waited for before
+/// answering), then the sequence's events from `rx`.
 pub fn events(
+    first: GenEvent,
     rx: UnboundedReceiver<GenEvent>,
     model: Arc<ServedModel>,
     rid: ResponseId,
@@ -31,6 +33,7 @@ pub fn events(
     ending: Ending,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let state = StreamState {
+        first: Some(first),
         rx,
         model,
         rid,
@@ -86,6 +89,8 @@ impl EndReason {
 
 /// State of an SSE response.
 struct StreamState {
+    /// The first event, already received.
+    first: Option<GenEvent>,
     rx: UnboundedReceiver<GenEvent>,
     ending: Ending,
     model: Arc<ServedModel>,
@@ -116,13 +121,17 @@ impl StreamState {
                 return;
             }
         }
-        let event = tokio::select! {
-            event = self.rx.recv() => event,
+        let event = if let Some(first) = self.first.take() {
+            Some(first)
+        } else {
+            tokio::select! {
+                event = self.rx.recv() => event,
             reason = &mut self.ending => {
                 // Dropping the receiver with the stream cancels the sequence.
-                self.queued.push_back(data(&reason.error()));
-                self.finish();
-                return;
+                    self.queued.push_back(data(&reason.error()));
+                    self.finish();
+                    return;
+                }
             }
         };
         match event {
