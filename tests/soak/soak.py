@@ -241,10 +241,12 @@ def main():
             proc.kill()
             code = "killed"
 
-    by_status = {}
+    by_status, by_kind = {}, {}
     for kind, status, clean, secs, _ in results:
         by_status.setdefault(str(status), 0)
         by_status[str(status)] += 1
+        by_kind.setdefault(kind, {}).setdefault(str(status), 0)
+        by_kind[kind][str(status)] += 1
     ok = sorted(secs for kind, status, clean, secs, _ in results if status == 200)
     lost = [r for r in results if r[1] == "timeout" or (r[1] == 200 and not r[2])]
     server_errors = {s: n for s, n in by_status.items() if s.isdigit() and int(s) >= 500 and s != "503"}
@@ -256,6 +258,7 @@ def main():
         "sent": len(results),
         "not_sent_client_limit": not_sent,
         "by_status": by_status,
+        "by_kind_and_status": by_kind,
         "server_errors_other_than_503": server_errors,
         "lost": len(lost),
         "admitted_p50_ms": pct(0.5),
