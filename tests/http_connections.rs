@@ -130,6 +130,9 @@ async fn connections_beyond_the_cap_get_503_at_once() {
     let s = server(5_000, 2).await;
     let addr = s.addr;
     tokio::task::spawn_blocking(move || {
+        // The readiness poll's keep-alive connection must be gone (closed by its client) before
+        // two connections fill the cap.
+        std::thread::sleep(Duration::from_millis(500));
         let a = connect(addr);
         let b = connect(addr);
         std::thread::sleep(Duration::from_millis(100));

@@ -10,9 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-/// Starts `wattserve serve` on a free port with a 1-second grace period; returns the child and
-/// its address once it is ready.
-async fn start(dir: &std::path::Path) -> (Child, String) {
+/// Everything the server printed, line by line.
+type Output = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Starts `wattserve serve` on a free port with a 1-second grace period; returns the child, its
+/// address once it is ready, and its output so far and to come.
+async fn start(dir: &std::path::Path) -> (Child, String, Output) {
     let config = dir.join("wattserve.toml");
     std::fs::write(
         &config,
@@ -34,8 +37,11 @@ async fn start(dir: &std::path::Path) -> (Child, String) {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let output = Output::default();
+    let lines = output.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line.clone());
             if let Some(i) = line.find("listening on http://") {
                 let addr = line[i + "listening on http://".len()..].trim().to_string();
                 let _ = tx.send(addr);
@@ -55,7 +61,7 @@ async fn start(dir: &std::path::Path) -> (Child, String) {
         assert!(Instant::now() < deadline, "not ready in 120 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (child, addr)
+    (child, addr, output)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,7 +70,7 @@ async fn sigterm_ends_streams_and_half_sent_requests_within_the_grace_period() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, addr) = start(dir.path()).await;
+    let (mut child, addr, output) = start(dir.path()).await;
     // A stream that would run for minutes.
     let mut stream = reqwest::Client::new()
         .post(format!("http://{addr}/v1/completions"))
@@ -116,4 +122,20 @@ async fn sigterm_ends_streams_and_half_sent_requests_within_the_grace_period() {
     assert!(status.success(), "exit status {status:?}");
     assert!(took < Duration::from_secs(2), "exited after {took:?}");
     drop(half);
+    // One access-log line per request, naming its id, tenant, path, status and model.
+    std::thread::sleep(Duration::from_millis(100));
+    let lines = output.lock().unwrap();
+    let access = lines
+        .iter()
+        .find(|l| l.contains(" request request_id=") && l.contains("path=/v1/completions"))
+        .unwrap_or_else(|| panic!("no access line for the stream:\n{}", lines.join("\n")));
+    for field in [
+        "request_id=",
+        "tenant=anonymous",
+        "status=200",
+        "model=smollm2",
+        "duration_ms=",
+    ] {
+        assert!(access.contains(field), "{field} missing in {access}");
+    }
 }
