@@ -126,11 +126,7 @@ async fn serve(
     let texts = parse_input(req.input, state.limits().max_inputs_per_request)?;
     let max_bytes = state.limits().max_input_bytes;
     if let Some(i) = texts.iter().position(|t| t.len() > max_bytes) {
-        let param = if texts.len() == 1 {
-            "input".to_string()
-        } else {
-            format!("input[{i}]")
-        };
+        let param = input_param(texts.len(), i);
         return Err(ApiError::bad_request(
             "invalid_input",
             format!(
@@ -193,6 +189,15 @@ async fn run(scheduler: &EmbeddingScheduler, ids: Vec<Vec<u32>>) -> Result<Embed
 }
 
 /// Turns `input` into texts, with an error naming the element at fault.
+/// The `param` naming input `i` of `count`: `input` for a lone string, else `input[i]`.
+fn input_param(count: usize, i: usize) -> String {
+    if count == 1 {
+        "input".to_string()
+    } else {
+        format!("input[{i}]")
+    }
+}
+
 fn parse_input(input: serde_json::Value, max_inputs: usize) -> Result<Vec<String>, ApiError> {
     use serde_json::Value;
     let bad =
@@ -240,11 +245,7 @@ fn parse_input(input: serde_json::Value, max_inputs: usize) -> Result<Vec<String
         }
     };
     if let Some(i) = texts.iter().position(|t| t.is_empty()) {
-        let param = if texts.len() == 1 {
-            "input".to_string()
-        } else {
-            format!("input[{i}]")
-        };
+        let param = input_param(texts.len(), i);
         return Err(bad(
             param.clone(),
             format!("`{param}` is an empty string; inputs must not be empty"),
