@@ -2,15 +2,15 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: serve test models openai-client build release fmt clean check-cuda soak
+.PHONY: serve test models openai-client v2-clients build release fmt clean check-cuda soak
 
 ## Fetch the default models if missing, build release, serve on :8080 (pass more flags with ARGS=...).
 serve: models
 	$(CARGO) build --release --locked
 	./target/release/wattserve serve --port 8080 $(ARGS)
 
-## Fetch models and the openai test client, then format check, clippy and all tests (what CI runs).
-test: models openai-client
+## Fetch models and the Python test clients, then format check, clippy and all tests (what CI runs).
+test: models openai-client v2-clients
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) test --locked --workspace
@@ -38,7 +38,12 @@ soak: models release
 
 ## The official openai Python client in target/openai-venv, for tests/openai_client.rs (idempotent).
 openai-client:
-	./tests/openai/setup.sh
+	./tests/clients/setup.sh tests/openai/requirements.txt target/openai-venv
+
+## The official Open Inference Protocol v2 clients (tritonclient[http,grpc], kserve) in
+## target/v2-venv, for the tests/v2/*_check.py scripts (idempotent; about 500 MB, a minute to install).
+v2-clients:
+	./tests/clients/setup.sh tests/v2/requirements.txt target/v2-venv
 
 build:
 	$(CARGO) build --locked

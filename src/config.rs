@@ -116,6 +116,9 @@ pub struct ServerConfig {
     /// A port of its own for `GET /metrics` (same host, no API key: restrict it by network, as
     /// for TEI's and Triton's metrics ports). `None`: `/metrics` only on the main port.
     pub metrics_port: Option<u16>,
+    /// The port of the Open Inference Protocol's gRPC service (`GRPCInferenceService`, same
+    /// host, API keys as on HTTP). `None`: no gRPC.
+    pub grpc_port: Option<u16>,
     /// Browser origins (`https://app.example.com`) allowed to call the API from a web page;
     /// `["*"]` allows any. Default none: no CORS headers, browsers refuse cross-site calls.
     pub cors_allowed_origins: Vec<String>,
@@ -135,6 +138,7 @@ impl Default for ServerConfig {
             shutdown_grace_s: 30.0,
             cors_allowed_origins: Vec::new(),
             metrics_port: None,
+            grpc_port: None,
         }
     }
 }
@@ -236,6 +240,10 @@ pub struct Overrides {
     /// TCP port, 0 for any free one [default: 8080].
     #[arg(long, env = "WATTSERVE_PORT")]
     pub port: Option<u16>,
+    /// Also serve the Open Inference Protocol over gRPC on this port (0 for any free one)
+    /// [default: off].
+    #[arg(long, env = "WATTSERVE_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
     /// The model repository [default: models].
     #[arg(long, env = "WATTSERVE_MODELS_DIR")]
     pub models_dir: Option<PathBuf>,
@@ -288,6 +296,9 @@ impl Config {
         }
         if let Some(p) = o.port {
             self.server.port = p;
+        }
+        if let Some(p) = o.grpc_port {
+            self.server.grpc_port = Some(p);
         }
         if let Some(d) = &o.models_dir {
             self.server.models_dir = d.clone();

@@ -57,6 +57,7 @@ pub enum ServeError {
 pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    grpc_listener: Option<TcpListener>,
     entries: Vec<ModelEntry>,
     state: AppState,
     config: Config,
@@ -86,20 +87,12 @@ impl Server {
         let listener = TcpListener::bind(&addr)
             .await
             .map_err(|source| ServeError::Bind { addr, source })?;
-        let metrics_listener = match config.server.metrics_port {
-            Some(port) => {
-                let addr = format!("{}:{port}", config.server.host);
-                Some(
-                    TcpListener::bind(&addr)
-                        .await
-                        .map_err(|source| ServeError::Bind { addr, source })?,
-                )
-            }
-            None => None,
-        };
+        let metrics_listener = bind_port(&config.server.host, config.server.metrics_port).await?;
+        let grpc_listener = bind_port(&config.server.host, config.server.grpc_port).await?;
         Ok(Self {
             listener,
             metrics_listener,
+            grpc_listener,
             entries,
             state: AppState::new(config.limits.clone(), auth),
             config: config.clone(),
@@ -116,6 +109,11 @@ impl Server {
         self.metrics_listener.as_ref().map(TcpListener::local_addr)
     }
 
+    /// The gRPC listener's address, when `server.grpc_port` is set.
+    pub fn grpc_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.grpc_listener.as_ref().map(TcpListener::local_addr)
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish,
     /// and stops the compute threads. Returns early with [`ServeError::Load`] if a model fails to
     /// load.
@@ -126,6 +124,7 @@ impl Server {
         let Server {
             listener,
             metrics_listener,
+            grpc_listener,
             entries,
             state,
             config,
@@ -145,6 +144,15 @@ impl Server {
                 },
                 tokio::time::sleep(Duration::from_secs(1)),
             ))
+        });
+        let grpc = grpc_listener.map(|l| {
+            if let Ok(addr) = l.local_addr() {
+                tracing::info!("gRPC (Open Inference Protocol) on {addr}");
+            }
+            let mut stopping = stopping_rx.clone();
+            tokio::spawn(crate::api::grpc::serve(l, state.clone(), async move {
+                let _ = stopping.wait_for(|s| *s).await;
+            }))
         });
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("listening on http://{addr}");
@@ -210,6 +218,15 @@ impl Server {
         if let Some(m) = metrics {
             let _ = m.await;
         }
+        if let Some(g) = grpc {
+            // Calls in flight had the grace period, as HTTP requests did; cut what is left.
+            let abort = g.abort_handle();
+            match tokio::time::timeout(STREAMS_END_WITHIN, g).await {
+                Ok(Ok(Err(e))) => tracing::warn!("gRPC server: {e}"),
+                Err(_) => abort.abort(),
+                _ => {}
+            }
+        }
         let dead = state
             .registry()
             .map(|r| r.dead_models())
@@ -224,6 +241,18 @@ impl Server {
             Err(ServeError::WorkerDied(dead.join(", ")))
         }
     }
+}
+
+/// Binds `host:port` when a port is set (the metrics and gRPC listeners).
+async fn bind_port(host: &str, port: Option<u16>) -> Result<Option<TcpListener>, ServeError> {
+    let Some(port) = port else {
+        return Ok(None);
+    };
+    let addr = format!("{host}:{port}");
+    TcpListener::bind(&addr)
+        .await
+        .map(Some)
+        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// The API keys: `WATTSERVE_API_KEYS` when set, else `auth.keys_file`, else none (one loud

@@ -93,3 +93,64 @@ fn bench_rejects_bad_options_with_exit_2() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("in-process"), "{stderr}");
 }
+
+#[test]
+fn bench_compares_protocols_on_the_same_model() {
+    if !minilm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_wattserve"))
+        .args(["bench", "--model", "minilm", "--concurrency", "1,4"])
+        .args(["--protocol", "openai,v2-json,v2-binary,grpc"])
+        .args(["--requests", "10", "--warmup", "0", "--generate", "8"])
+        .args(["--inputs-per-request", "2"])
+        .arg("--models-dir")
+        .arg(models_dir())
+        .arg("--json")
+        .arg(&json)
+        .env("WATTSERVE_LOG", "warn")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let levels = report["levels"].as_array().unwrap();
+    let rows: Vec<String> = levels
+        .iter()
+        .map(|l| {
+            format!(
+                "{} {}",
+                l["load"].as_str().unwrap(),
+                l["protocol"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "c=1 openai",
+            "c=1 v2-json",
+            "c=1 v2-binary",
+            "c=1 grpc",
+            "c=4 openai",
+            "c=4 v2-json",
+            "c=4 v2-binary",
+            "c=4 grpc",
+        ]
+    );
+    for l in levels {
+        // Every request of every protocol succeeded, was metered and embedded two inputs.
+        assert_eq!(l["requests"], 10, "{l}");
+        assert!(l["errors"].as_object().unwrap().is_empty(), "{l}");
+        assert!(l["joules_per_request"].as_f64().unwrap() > 0.0, "{l}");
+        assert!(l["mean_batch_size"].as_f64().unwrap() >= 2.0, "{l}");
+        let ratio = l["inputs_per_s"].as_f64().unwrap() / l["requests_per_s"].as_f64().unwrap();
+        assert!((ratio - 2.0).abs() < 1e-9, "{l}");
+    }
+}

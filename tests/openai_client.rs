@@ -1,6 +1,6 @@
 //! The official `openai` Python client against a real server on 127.0.0.1: chat and completions,
 //! streamed and not, usage with energy, typed errors (tests/openai/client_check.py). The client
-//! lives in target/openai-venv (`tests/openai/setup.sh`, run by `make test`).
+//! lives in target/openai-venv (`make openai-client`, run by `make test`).
 
 mod common;
 
@@ -16,7 +16,7 @@ fn python() -> Option<PathBuf> {
         Some(p)
     } else {
         let msg = format!(
-            "no openai client at {}; run tests/openai/setup.sh (make test does)",
+            "no openai client at {}; run `make openai-client` (make test does)",
             p.display()
         );
         assert!(

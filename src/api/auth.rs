@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::ApiError;
 use crate::governance::{ApiKeys, Tenant};
@@ -34,10 +34,26 @@ impl Auth {
     pub fn enabled(&self) -> bool {
         self.keys.is_some()
     }
+
+    /// The tenant of a request to `path` with `headers` (HTTP headers, or gRPC metadata as
+    /// headers): anonymous when no keys are configured or the path is open, the key's tenant
+    /// when it presents a valid one, else a 401.
+    pub fn admit(&self, path: &str, headers: &HeaderMap) -> Result<Tenant, ApiError> {
+        let Some(keys) = &self.keys else {
+            return Ok(Tenant::anonymous());
+        };
+        if self.open_paths.iter().any(|p| p == path) {
+            return Ok(Tenant::anonymous());
+        }
+        match presented_key(headers) {
+            Some(key) => keys.verify(key).ok_or_else(|| ApiError::unauthorized(true)),
+            None => Err(ApiError::unauthorized(false)),
+        }
+    }
 }
 
 /// The key a request presents, from `Authorization: Bearer` or `x-api-key`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub fn presented_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -51,14 +67,9 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
 /// Middleware: admits requests with a valid key (or to an open path, or when keys are off),
 /// refuses the others with 401.
 pub async fn require_key(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
-    let tenant = match &auth.keys {
-        None => Tenant::anonymous(),
-        Some(_) if auth.open_paths.iter().any(|p| p == req.uri().path()) => Tenant::anonymous(),
-        Some(keys) => match presented_key(req.headers()).map(|k| (k, keys.verify(k))) {
-            Some((_, Some(tenant))) => tenant,
-            Some((_, None)) => return ApiError::unauthorized(true).into_response(),
-            None => return ApiError::unauthorized(false).into_response(),
-        },
+    let tenant = match auth.admit(req.uri().path(), req.headers()) {
+        Ok(tenant) => tenant,
+        Err(e) => return e.into_response_for(req.uri().path()),
     };
     req.extensions_mut().insert(tenant.clone());
     let mut resp = next.run(req).await;

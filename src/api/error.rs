@@ -1,4 +1,6 @@
-//! OpenAI-style error objects: `{"error":{"message","type","param","code"}}` with a fitting status.
+//! Errors with a fitting status, in the shape of the dialect that was spoken: OpenAI's
+//! `{"error":{"message","type","param","code"}}`, or the Open Inference Protocol's
+//! `{"error":"message"}` for `/v2` (see [`ApiError::into_v2_response`]).
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -130,6 +132,16 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
 
+    /// 404 for a model version that is not served (every model has only version `1`).
+    pub fn model_version_not_found(model: &str, version: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("Model `{model}` has no version `{version}`; its only version is `1`"),
+        )
+        .with_param("model_version")
+    }
+
     /// 404 for a path no route serves.
     pub fn no_route(path: &str) -> Self {
         Self::new(
@@ -159,6 +171,54 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The Open Inference Protocol's error: `{"error": "message"}` with the same status and
+    /// headers (`retry-after`, `www-authenticate`) as the OpenAI shape.
+    pub fn into_v2_response(self) -> Response {
+        let resp = (
+            self.status,
+            Json(V2Body {
+                error: &self.message,
+            }),
+        )
+            .into_response();
+        self.with_headers(resp)
+    }
+
+    /// This error in the shape `path`'s API speaks: `/v2` paths get the Open Inference
+    /// Protocol's, all others OpenAI's.
+    pub fn into_response_for(self, path: &str) -> Response {
+        if is_v2_path(path) {
+            self.into_v2_response()
+        } else {
+            self.into_response()
+        }
+    }
+
+    fn with_headers(&self, mut resp: Response) -> Response {
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// Whether `path` belongs to the Open Inference Protocol's REST API.
+pub fn is_v2_path(path: &str) -> bool {
+    path == "/v2" || path.starts_with("/v2/")
+}
+
+/// `{"error": "..."}`: the Open Inference Protocol's error body.
+#[derive(Serialize)]
+struct V2Body<'a> {
+    error: &'a str,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = Body {
@@ -169,16 +229,8 @@ impl IntoResponse for ApiError {
                 code: self.code,
             },
         };
-        let mut resp = (self.status, Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        resp
+        let resp = (self.status, Json(body)).into_response();
+        self.with_headers(resp)
     }
 }
 
@@ -225,5 +277,22 @@ mod tests {
         assert_eq!(v["error"]["type"], "overloaded_error");
         assert_eq!(v["error"]["code"], "queue_full");
         assert!(v["error"]["param"].is_null());
+    }
+
+    #[tokio::test]
+    async fn v2_paths_get_the_open_inference_protocol_shape() {
+        let e = ApiError::unavailable("queue_full", "busy", 2);
+        let resp = e.clone().into_response_for("/v2/models/m/infer");
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "2");
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!(&bytes[..], br#"{"error":"busy"}"#);
+        let resp = e.into_response_for("/v2x");
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert!(bytes.starts_with(br#"{"error":{"#));
     }
 }

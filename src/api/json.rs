@@ -15,7 +15,7 @@ use super::{ApiError, AppState};
 
 /// Whether a `Content-Type` value names JSON: `application/json` or `application/*+json`,
 /// with any parameters.
-fn is_json(content_type: &str) -> bool {
+pub fn is_json(content_type: &str) -> bool {
     let essence = content_type
         .split(';')
         .next()
@@ -40,21 +40,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if !content_type.is_some_and(is_json) {
             return Err(ApiError::unsupported_media_type(content_type));
         }
-        let limit = state.limits().body_read_timeout();
-        let read = tokio::time::timeout(limit, Bytes::from_request(req, state)).await;
-        let Ok(read) = read else {
-            return Err(ApiError::body_timeout(state.limits().body_read_timeout_ms));
-        };
-        let bytes = read.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::payload_too_large(state.limits().max_body_bytes)
-            } else {
-                ApiError::bad_request(
-                    "invalid_body",
-                    format!("Could not read the request body: {rejection}"),
-                )
-            }
-        })?;
+        let bytes = read_body(req, state).await?;
         if bytes.is_empty() {
             return Err(ApiError::bad_request(
                 "invalid_json",
@@ -70,6 +56,26 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
             ApiError::bad_request("invalid_json", format!("{what}: {e}"))
         })
     }
+}
+
+/// The whole body of `req`, within `limits.body_read_timeout_ms` (408) and
+/// `limits.max_body_bytes` (413).
+pub async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let limit = state.limits().body_read_timeout();
+    let read = tokio::time::timeout(limit, Bytes::from_request(req, state)).await;
+    let Ok(read) = read else {
+        return Err(ApiError::body_timeout(state.limits().body_read_timeout_ms));
+    };
+    read.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::payload_too_large(state.limits().max_body_bytes)
+        } else {
+            ApiError::bad_request(
+                "invalid_body",
+                format!("Could not read the request body: {rejection}"),
+            )
+        }
+    })
 }
 
 #[cfg(test)]

@@ -95,6 +95,16 @@ pub async fn health() -> Json<Status> {
 /// `GET /ready`: every configured model is loaded and serving (readiness). 503 while loading,
 /// once shutdown has begun, or naming a model whose compute thread stopped.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
+    Ok(Json(Status {
+        status: "ready",
+        models: readiness(&state)?,
+    }))
+}
+
+/// Whether the server is ready for inference: the served models' names, or a 503 while
+/// models load, after shutdown has begun, or when a model's compute thread has stopped.
+/// What every protocol's readiness check answers from.
+pub fn readiness(state: &AppState) -> Result<Vec<String>, ApiError> {
     if state.is_draining() {
         return Err(ApiError::unavailable(
             "shutting_down",
@@ -114,10 +124,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Status>, ApiErr
             1,
         ));
     }
-    Ok(Json(Status {
-        status: "ready",
-        models: registry.names(),
-    }))
+    Ok(registry.names())
 }
 
 /// `GET /metrics`: Prometheus text exposition format.

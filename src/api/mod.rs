@@ -4,14 +4,15 @@
 //! model's scheduler and turns what comes back into OpenAI-shaped JSON.
 
 pub mod auth;
-pub mod completions;
-pub mod embeddings;
 pub mod error;
+pub mod grpc;
 pub mod handler;
 pub mod json;
 pub mod meta;
+pub mod openai;
 pub mod request_id;
 pub mod usage;
+pub mod v2;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -126,16 +127,21 @@ pub fn metrics_router() -> Router {
 pub fn router(state: AppState) -> Router {
     let body_limit = state.limits().max_body_bytes;
     Router::new()
-        .route("/v1/embeddings", post(embeddings::create))
-        .route("/v1/chat/completions", post(completions::chat))
-        .route("/v1/completions", post(completions::completions))
+        .route("/v1/embeddings", post(openai::embeddings::create))
+        .route("/v1/chat/completions", post(openai::completions::chat))
+        .route("/v1/completions", post(openai::completions::completions))
         .route("/v1/models", get(meta::list_models))
         .route("/v1/models/{*id}", get(meta::get_model))
         .route("/health", get(meta::health))
         .route("/ready", get(meta::ready))
         .route("/metrics", get(meta::metrics))
-        .fallback(|uri: Uri| async move { ApiError::no_route(uri.path()) })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .merge(v2::routes())
+        .fallback(
+            |uri: Uri| async move { ApiError::no_route(uri.path()).into_response_for(uri.path()) },
+        )
+        .method_not_allowed_fallback(|uri: Uri| async move {
+            ApiError::method_not_allowed().into_response_for(uri.path())
+        })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.auth().clone(),

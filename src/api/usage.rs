@@ -69,6 +69,18 @@ pub fn put_header(h: &mut HeaderMap, name: &'static str, value: String) {
     }
 }
 
+/// The names of the metering headers [`set_energy_headers`] writes (gRPC sends them as trailing
+/// metadata).
+pub const ENERGY_HEADERS: [&str; 7] = [
+    "x-energy-joules",
+    "x-energy-source",
+    "x-power-watts",
+    "x-co2e-grams",
+    "x-carbon-intensity",
+    "x-carbon-zone",
+    "x-cost-usd",
+];
+
 /// The metering contract's headers. `{}` prints an f64 as the shortest text that parses back to
 /// the same number, so summing headers reproduces the metric totals up to addition order.
 pub fn set_energy_headers(h: &mut HeaderMap, e: &UsageEnergy) {

@@ -11,6 +11,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::report::Recorder;
+use crate::api::grpc::pb;
+use crate::api::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 
 /// When a level stops.
 #[derive(Debug, Clone, Copy)]
@@ -21,60 +23,182 @@ pub enum Stop {
     Requests(u64),
 }
 
+/// The protocol a level's requests speak: what `wattserve bench --protocol` compares on the
+/// same model in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// `POST /v1/embeddings`, JSON.
+    Openai,
+    /// `POST /v2/models/{m}/infer`, JSON tensors both ways.
+    V2Json,
+    /// `POST /v2/models/{m}/infer`, binary tensors both ways (tritonclient's default).
+    V2Binary,
+    /// gRPC `ModelInfer` with raw contents, over one HTTP/2 connection.
+    Grpc,
+}
+
+impl Protocol {
+    /// Its name in reports (as on the command line).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Openai => "openai",
+            Protocol::V2Json => "v2-json",
+            Protocol::V2Binary => "v2-binary",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// The gRPC client of the Open Inference Protocol.
+pub type GrpcClient = GrpcInferenceServiceClient<tonic::transport::Channel>;
+
 /// What every request of a level looks like.
 #[derive(Clone)]
 pub struct Target {
     /// The HTTP client (connection pool shared by all tasks).
     pub client: reqwest::Client,
-    /// `http://host:port/v1/embeddings`.
-    pub url: String,
+    /// `http://host:port`.
+    pub base: String,
     /// Model name.
     pub model: String,
     /// The inputs, cycled through in order.
     pub inputs: Arc<Vec<String>>,
     /// Inputs per request.
     pub per_request: usize,
+    /// How requests are sent.
+    pub protocol: Protocol,
+    /// The gRPC client, for [`Protocol::Grpc`].
+    pub grpc: Option<GrpcClient>,
+}
+
+/// BYTES elements in raw form: a 4-byte little-endian length, then the bytes.
+fn raw_strings(texts: &[&str]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for t in texts {
+        out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        out.extend_from_slice(t.as_bytes());
+    }
+    out
 }
 
 impl Target {
-    fn body(&self, i: usize) -> serde_json::Value {
+    /// The texts of request number `i`.
+    fn texts(&self, i: usize) -> Vec<&str> {
         let n = self.inputs.len();
-        if self.per_request == 1 {
-            json!({"model": self.model, "input": self.inputs[i % n]})
-        } else {
-            let batch: Vec<&str> = (0..self.per_request)
-                .map(|k| self.inputs[(i * self.per_request + k) % n].as_str())
-                .collect();
-            json!({"model": self.model, "input": batch})
-        }
+        (0..self.per_request)
+            .map(|k| self.inputs[(i * self.per_request + k) % n].as_str())
+            .collect()
     }
 
     /// Sends request number `i`; returns (status, latency µs, x-batch-size, x-energy-joules).
-    /// Status 0 = the connection failed.
+    /// Status 0 = the connection failed; gRPC codes are counted as the HTTP status they stand for.
     async fn send(&self, i: usize) -> (u16, u64, Option<u64>, Option<f64>) {
-        let body = self.body(i);
+        let texts = self.texts(i);
         let start = Instant::now();
-        let result = self.client.post(&self.url).json(&body).send().await;
-        let (status, batch, joules) = match result {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let header = |name: &str| {
-                    resp.headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                };
-                let batch = header("x-batch-size").and_then(|v| v.parse().ok());
-                let joules = header("x-energy-joules").and_then(|v| v.parse().ok());
-                // Read the whole body: the client's latency includes the transfer.
-                match resp.bytes().await {
-                    Ok(_) => (status, batch, joules),
-                    Err(_) => (0, None, None),
-                }
+        let v2_url = || format!("{}/v2/models/{}/infer", self.base, self.model);
+        let tensor = |extra: serde_json::Value| {
+            let mut t = json!({"name": "text", "datatype": "BYTES", "shape": [texts.len()]});
+            if let (Some(t), Some(e)) = (t.as_object_mut(), extra.as_object()) {
+                t.extend(e.clone());
             }
-            Err(_) => (0, None, None),
+            t
+        };
+        let (status, batch, joules) = match self.protocol {
+            Protocol::Openai => {
+                let body = if self.per_request == 1 {
+                    json!({"model": self.model, "input": texts[0]})
+                } else {
+                    json!({"model": self.model, "input": texts})
+                };
+                let url = format!("{}/v1/embeddings", self.base);
+                http(self.client.post(url).json(&body)).await
+            }
+            Protocol::V2Json => {
+                let body = json!({"inputs": [tensor(json!({"data": texts}))]});
+                http(self.client.post(v2_url()).json(&body)).await
+            }
+            Protocol::V2Binary => {
+                let raw = raw_strings(&texts);
+                let header = json!({
+                    "inputs": [tensor(json!({"parameters": {"binary_data_size": raw.len()}}))],
+                    "parameters": {"binary_data_output": true},
+                });
+                let mut body = serde_json::to_vec(&header).unwrap_or_default();
+                let len = body.len();
+                body.extend_from_slice(&raw);
+                let req = self
+                    .client
+                    .post(v2_url())
+                    .header("inference-header-content-length", len)
+                    .header("content-type", "application/octet-stream")
+                    .body(body);
+                http(req).await
+            }
+            Protocol::Grpc => self.grpc(&texts).await,
         };
         (status, start.elapsed().as_micros() as u64, batch, joules)
+    }
+
+    async fn grpc(&self, texts: &[&str]) -> (u16, Option<u64>, Option<f64>) {
+        let Some(mut client) = self.grpc.clone() else {
+            return (0, None, None);
+        };
+        let req = pb::ModelInferRequest {
+            model_name: self.model.clone(),
+            inputs: vec![pb::model_infer_request::InferInputTensor {
+                name: "text".into(),
+                datatype: "BYTES".into(),
+                shape: vec![texts.len() as i64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![raw_strings(texts)],
+            ..Default::default()
+        };
+        match client.model_infer(req).await {
+            // The trailers (batch size, energy) are merged into the metadata of a unary call.
+            Ok(resp) => {
+                let md = resp.metadata();
+                let get = |name: &str| md.get(name).and_then(|v| v.to_str().ok());
+                let batch = get("x-batch-size").and_then(|v| v.parse().ok());
+                let joules = get("x-energy-joules").and_then(|v| v.parse().ok());
+                (200, batch, joules)
+            }
+            Err(status) => {
+                let code = match status.code() {
+                    tonic::Code::InvalidArgument => 400,
+                    tonic::Code::Unauthenticated => 401,
+                    tonic::Code::NotFound => 404,
+                    tonic::Code::DeadlineExceeded => 504,
+                    tonic::Code::Unavailable => 503,
+                    _ => 500,
+                };
+                (code, None, None)
+            }
+        }
+    }
+}
+
+/// Sends an HTTP request; returns (status, x-batch-size, x-energy-joules), status 0 when the
+/// connection failed. Reads the whole body: the client's latency includes the transfer.
+async fn http(req: reqwest::RequestBuilder) -> (u16, Option<u64>, Option<f64>) {
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status().as_u16();
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let batch = header("x-batch-size").and_then(|v| v.parse().ok());
+            let joules = header("x-energy-joules").and_then(|v| v.parse().ok());
+            match resp.bytes().await {
+                Ok(_) => (status, batch, joules),
+                Err(_) => (0, None, None),
+            }
+        }
+        Err(_) => (0, None, None),
     }
 }
 

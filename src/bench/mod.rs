@@ -23,7 +23,7 @@ use crate::config::{Config, Overrides};
 use crate::engine::{Embedder, EmbeddingModel};
 use crate::repository::{discover, ModelEntry};
 use crate::Server;
-use load::{Stop, Target};
+use load::{Protocol, Stop, Target};
 use report::{BenchReport, CeilingReport, LevelReport};
 
 /// Options of `wattserve bench`.
@@ -33,6 +33,13 @@ pub struct BenchArgs {
     /// config options below.
     #[arg(long)]
     pub url: Option<String>,
+    /// With `--url` and `--protocol grpc`: the server's gRPC address, e.g. 127.0.0.1:8081.
+    #[arg(long)]
+    pub grpc_url: Option<String>,
+    /// Protocols to load embedding models through, each at every level: openai, v2-json,
+    /// v2-binary (Open Inference Protocol REST), grpc [default: openai].
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub protocol: Vec<Protocol>,
     /// In-process server: config file (as `serve --config`).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -127,6 +134,18 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err(BenchError::Usage("--rate must be a positive number".into()));
     }
+    let protocols: Vec<Protocol> = if args.protocol.is_empty() {
+        vec![Protocol::Openai]
+    } else {
+        args.protocol.clone()
+    };
+    let wants_grpc = protocols.contains(&Protocol::Grpc);
+    if args.url.is_some() && wants_grpc && args.grpc_url.is_none() {
+        return Err(BenchError::Usage(
+            "--protocol grpc with --url needs --grpc-url HOST:PORT (the server's server.grpc_port)"
+                .into(),
+        ));
+    }
     if args.url.is_some()
         && (args.unbatched_baseline || args.unmetered_baseline || args.offline_ceiling)
     {
@@ -144,6 +163,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
 
     // The server: given, or in-process.
     let mut in_process = None;
+    let mut grpc_addr = args.grpc_url.clone();
     let mut entries: Vec<ModelEntry> = Vec::new();
     let mut threads = None;
     let base = match &args.url {
@@ -154,6 +174,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                 models: args.models.clone(),
                 threads: args.threads,
                 port: Some(0),
+                grpc_port: None,
                 host: Some("127.0.0.1".into()),
                 precision: None,
             };
@@ -163,6 +184,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             config.limits.allow_ignore_eos = true;
             config.limits.max_completion_tokens =
                 config.limits.max_completion_tokens.max(args.max_tokens);
+            if wants_grpc {
+                config.server.grpc_port = Some(0);
+            }
             threads = Some(config.runtime.threads);
             entries = discover(&config.server.models_dir, &config.server.models)
                 .map_err(crate::ServeError::from)?;
@@ -187,6 +211,13 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             let addr = server
                 .local_addr()
                 .map_err(|e| BenchError::Target(format!("in-process server: {e}")))?;
+            grpc_addr = match server.grpc_addr() {
+                Some(a) => Some(
+                    a.map_err(|e| BenchError::Target(format!("in-process gRPC: {e}")))?
+                        .to_string(),
+                ),
+                None => None,
+            };
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(server.run(async {
                 let _ = rx.await;
@@ -201,6 +232,22 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         .build()
         .map_err(|e| BenchError::Target(format!("HTTP client: {e}")))?;
     let served_tasks = wait_ready(&client, &base).await?;
+    let grpc = match (&grpc_addr, wants_grpc) {
+        (Some(addr), true) => {
+            let url = if addr.contains("://") {
+                addr.clone()
+            } else {
+                format!("http://{addr}")
+            };
+            Some(
+                load::GrpcClient::connect(url.clone())
+                    .await
+                    .map_err(|e| BenchError::Target(format!("gRPC {url}: {e}")))?
+                    .max_decoding_message_size(usize::MAX),
+            )
+        }
+        _ => None,
+    };
     let served: Vec<String> = served_tasks.iter().map(|(n, _)| n.clone()).collect();
     let is_generation = |m: &str| {
         served_tasks
@@ -282,20 +329,28 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         }
         let target = Target {
             client: client.clone(),
-            url: format!("{base}/v1/embeddings"),
+            base: base.clone(),
             model: model.clone(),
             inputs: inputs.clone(),
             per_request: args.inputs_per_request,
+            protocol: Protocol::Openai,
+            grpc: grpc.clone(),
         };
         if args.warmup > 0.0 {
             let c = args.concurrency.iter().copied().max().unwrap_or(8).min(32);
-            let _ = load::closed_loop(
-                &target,
-                c,
-                Stop::Duration(Duration::from_secs_f64(args.warmup)),
-                &format!("{model} warm-up"),
-            )
-            .await;
+            for &protocol in &protocols {
+                let target = Target {
+                    protocol,
+                    ..target.clone()
+                };
+                let _ = load::closed_loop(
+                    &target,
+                    c,
+                    Stop::Duration(Duration::from_secs_f64(args.warmup)),
+                    &format!("{model} {} warm-up", protocol.name()),
+                )
+                .await;
+            }
         }
         let mut plan: Vec<(String, Option<usize>)> = Vec::new();
         if let Some(r) = args.rate {
@@ -306,41 +361,50 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             _ => &args.concurrency,
         };
         plan.extend(levels_c.iter().map(|&c| (format!("c={c}"), Some(c))));
+        // Protocols side by side at each level, so that they are compared under the same
+        // conditions of the host.
         for (label, clients) in plan {
-            let cpu0 = in_process.as_ref().and(procfs::process_cpu_seconds());
-            let (rec, elapsed) = match (clients, args.rate) {
-                (Some(c), _) => {
-                    load::closed_loop(&target, c, stop, &format!("{model} {label}")).await
-                }
-                (None, Some(rate)) => {
-                    load::open_loop(
-                        &target,
-                        rate,
-                        args.max_outstanding,
-                        stop,
-                        args.seed,
-                        &format!("{model} {label}"),
-                    )
-                    .await
-                }
-                (None, None) => unreachable!("a level is closed or open loop"),
-            };
-            let cpu = match (cpu0, procfs::process_cpu_seconds()) {
-                (Some(a), Some(b)) => Some(b - a),
-                _ => None,
-            };
-            let rss = in_process.as_ref().and(procfs::rss_mib());
-            let row = LevelReport::new(model, label, elapsed.as_secs_f64(), &rec, cpu, rss);
-            eprintln!(
-                "{:<22} {:>10}: {:.1} req/s, p50 {:.2} ms, p99 {:.2} ms, batch {:.1}",
-                row.model,
-                row.load,
-                row.requests_per_s,
-                row.p50_ms,
-                row.p99_ms,
-                row.mean_batch_size
-            );
-            levels.push(row);
+            for &protocol in &protocols {
+                let target = Target {
+                    protocol,
+                    ..target.clone()
+                };
+                let name = format!("{model} {label} {}", protocol.name());
+                let cpu0 = in_process.as_ref().and(procfs::process_cpu_seconds());
+                let (rec, elapsed) = match (clients, args.rate) {
+                    (Some(c), _) => load::closed_loop(&target, c, stop, &name).await,
+                    (None, Some(rate)) => {
+                        load::open_loop(&target, rate, args.max_outstanding, stop, args.seed, &name)
+                            .await
+                    }
+                    (None, None) => unreachable!("a level is closed or open loop"),
+                };
+                let cpu = match (cpu0, procfs::process_cpu_seconds()) {
+                    (Some(a), Some(b)) => Some(b - a),
+                    _ => None,
+                };
+                let rss = in_process.as_ref().and(procfs::rss_mib());
+                let row = LevelReport::new(
+                    model,
+                    label.clone(),
+                    protocol.name(),
+                    elapsed.as_secs_f64(),
+                    &rec,
+                    cpu,
+                    rss,
+                );
+                eprintln!(
+                    "{:<22} {:>10} {:>9}: {:.1} req/s, p50 {:.2} ms, p99 {:.2} ms, batch {:.1}",
+                    row.model,
+                    row.load,
+                    row.protocol,
+                    row.requests_per_s,
+                    row.p50_ms,
+                    row.p99_ms,
+                    row.mean_batch_size
+                );
+                levels.push(row);
+            }
         }
     }
 

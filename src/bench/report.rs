@@ -96,6 +96,8 @@ pub struct LevelReport {
     pub model: String,
     /// `c=N` (closed loop, N clients) or `rate=R/s` (open loop).
     pub load: String,
+    /// How the requests were sent: `openai`, `v2-json`, `v2-binary`, `grpc`.
+    pub protocol: &'static str,
     /// Wall time of the measured window, seconds.
     pub seconds: f64,
     /// Successful requests.
@@ -135,6 +137,7 @@ impl LevelReport {
     pub fn new(
         model: &str,
         load: String,
+        protocol: &'static str,
         seconds: f64,
         rec: &Recorder,
         cpu_seconds: Option<f64>,
@@ -150,6 +153,7 @@ impl LevelReport {
         Self {
             model: model.to_string(),
             load,
+            protocol,
             seconds,
             requests: rec.requests_ok,
             requests_per_s: rec.requests_ok as f64 / seconds,
@@ -252,9 +256,10 @@ pub fn table(r: &BenchReport) -> String {
         fmt_load(r.load_average_end),
     ));
     out.push_str(&format!(
-        "{:<22} {:>10} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>8} {:>8}  {}\n",
+        "{:<22} {:>10} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>8} {:>8}  {}\n",
         "model",
         "load",
+        "protocol",
         "req/s",
         "inputs/s",
         "p50 ms",
@@ -289,9 +294,10 @@ pub fn table(r: &BenchReport) -> String {
             e.join(" ")
         };
         out.push_str(&format!(
-            "{:<22} {:>10} {:>9.1} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6.1} {:>9} {:>9} {:>8} {:>8}  {}\n",
+            "{:<22} {:>10} {:>9} {:>9.1} {:>10.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6.1} {:>9} {:>9} {:>8} {:>8}  {}\n",
             l.model,
             l.load,
+            l.protocol,
             l.requests_per_s,
             l.inputs_per_s,
             l.p50_ms,

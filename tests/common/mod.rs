@@ -97,6 +97,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The metrics listener, when `server.metrics_port` is set.
     pub metrics_addr: Option<SocketAddr>,
+    /// The gRPC listener, when `server.grpc_port` is set.
+    pub grpc_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), wattserve::ServeError>>>,
 }
@@ -126,6 +128,7 @@ impl TestServer {
         let server = Server::bind_entries(&config, entries).await.unwrap();
         let addr = server.local_addr().unwrap();
         let metrics_addr = server.metrics_addr().map(Result::unwrap);
+        let grpc_addr = server.grpc_addr().map(Result::unwrap);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = rx.await;
@@ -133,6 +136,7 @@ impl TestServer {
         let me = Self {
             addr,
             metrics_addr,
+            grpc_addr,
             stop: Some(tx),
             task: Some(task),
         };

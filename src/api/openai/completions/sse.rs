@@ -7,8 +7,6 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::response::sse::Event;
@@ -17,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::wire::{Chunk, ChunkChoice, CompletionUsage, Endpoint, ResponseId, StreamError};
+use crate::api::handler::generate::{EndReason, Ending};
 use crate::api::usage::settle_energy;
 use crate::api::ApiError;
 use crate::batch::generation::GenEvent;
@@ -56,34 +55,17 @@ pub fn events(
     })
 }
 
-/// Resolves when the stream must end before its sequence does, saying why.
-pub type Ending = Pin<Box<dyn Future<Output = EndReason> + Send>>;
-
-/// Why a stream is cut short.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndReason {
-    /// The server's shutdown grace period is over.
-    ShuttingDown,
-    /// The request's deadline (`limits.request_timeout_ms`) passed.
-    Deadline {
-        /// The deadline, ms.
-        ms: u64,
-    },
-}
-
-impl EndReason {
-    /// The in-stream error for this reason.
-    fn error(self) -> StreamError {
-        match self {
-            EndReason::ShuttingDown => StreamError::new(
-                "shutting_down",
-                "The server is shutting down; the completion was cut short".into(),
-            ),
-            EndReason::Deadline { ms } => StreamError::new(
-                "timeout",
-                format!("The completion did not finish within {ms} ms (limits.request_timeout_ms)"),
-            ),
-        }
+/// The in-stream error for a stream cut short for `reason`.
+fn end_error(reason: EndReason) -> StreamError {
+    match reason {
+        EndReason::ShuttingDown => StreamError::new(
+            "shutting_down",
+            "The server is shutting down; the completion was cut short".into(),
+        ),
+        EndReason::Deadline { ms } => StreamError::new(
+            "timeout",
+            format!("The completion did not finish within {ms} ms (limits.request_timeout_ms)"),
+        ),
     }
 }
 
@@ -128,7 +110,7 @@ impl StreamState {
                 event = self.rx.recv() => event,
             reason = &mut self.ending => {
                 // Dropping the receiver with the stream cancels the sequence.
-                    self.queued.push_back(data(&reason.error()));
+                    self.queued.push_back(data(&end_error(reason)));
                     self.finish();
                     return;
                 }

@@ -1,5 +1,6 @@
-//! The core every inference handler shares, so that embeddings and completions find models,
-//! time and count requests, tokenize, and describe how they were served in one way.
+//! The core every inference handler shares, whatever its protocol (OpenAI, the Open Inference
+//! Protocol over REST or gRPC), so that all find models, time and count requests, tokenize, and
+//! describe how they were served in one way; [`embed`] and [`generate`] are the two tasks.
 //!
 //! A handler brackets its work with [`RequestMetrics::start`] and [`RequestMetrics::finish`],
 //! finds its model with [`find_model`], tokenizes with [`tokenize_blocking`], bounds the wait for
@@ -14,6 +15,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
+
+pub mod embed;
+pub mod generate;
 
 use super::usage::{put_header, set_energy_headers, UsageEnergy};
 use super::{ApiError, AppState};
@@ -101,14 +105,14 @@ impl RequestMetrics {
     /// Counts the answer with its status and duration, and hands it back (marked as counted,
     /// so that the access layer does not count it again).
     pub fn finish(self, mut resp: Response) -> Response {
-        crate::metrics::record_request(
-            &self.model,
-            self.endpoint,
-            resp.status().as_u16(),
-            self.started.elapsed(),
-        );
+        self.finish_status(resp.status().as_u16());
         resp.extensions_mut().insert(super::request_id::Counted);
         resp
+    }
+
+    /// Counts an answer that is not an HTTP response (gRPC) under the HTTP status it stands for.
+    pub fn finish_status(self, status: u16) {
+        crate::metrics::record_request(&self.model, self.endpoint, status, self.started.elapsed());
     }
 }
 
@@ -151,6 +155,9 @@ where
     .map_err(Into::into)
 }
 
+/// The names of the headers [`Serving::write`] sets (gRPC sends them as trailing metadata).
+pub const SERVING_HEADERS: [&str; 4] = ["x-model", "x-precision", "x-batch-size", "server-timing"];
+
 /// How a response was served, as the `x-model`, `x-precision`, `x-batch-size` and
 /// `server-timing` headers of the metering contract say it.
 pub struct Serving<'a> {
@@ -161,7 +168,7 @@ pub struct Serving<'a> {
     pub batch_size: Option<usize>,
     /// The first `server-timing` entries, in order: a name and a duration (written in
     /// milliseconds).
-    pub timing: &'a [(&'static str, Duration)],
+    pub timing: Vec<(&'static str, Duration)>,
     /// The last entry (`total`, or `ttft` for a stream, whose headers go out with its first
     /// token): a name and the time since an instant, taken when the headers are written, so
     /// that it includes building the body.

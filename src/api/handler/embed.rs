@@ -1,0 +1,212 @@
+//! Embedding texts, whatever the protocol that asked: the checks every input gets (count, empty,
+//! bytes), tokenizing on the blocking pool, the model's queue, and the request's energy. The
+//! OpenAI, Open Inference Protocol and gRPC handlers shape the [`Embedded`] result each their way.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{find_model, tokenize_blocking, Serving};
+use crate::api::usage::{settle_energy, UsageEnergy};
+use crate::api::{ApiError, AppState};
+use crate::batch::{EmbedOutput, EmbeddingScheduler};
+use crate::config::Limits;
+use crate::engine::{EmbeddingTokenizer, TokenizeError};
+use crate::registry::{EmbeddingServing, ServedModel};
+
+/// How a protocol names its inputs in errors: the field or tensor (`input`, `text`) and, for a
+/// request of several texts, the element (`input[2]`).
+#[derive(Debug, Clone, Copy)]
+pub struct InputNames {
+    /// The field or tensor holding the texts.
+    pub field: &'static str,
+    /// How many texts the request has.
+    pub count: usize,
+}
+
+impl InputNames {
+    /// The name of text `i`: the field alone for a single text, else `field[i]`.
+    pub fn of(&self, i: usize) -> String {
+        if self.count == 1 {
+            self.field.to_string()
+        } else {
+            format!("{}[{i}]", self.field)
+        }
+    }
+}
+
+/// Embedding vectors of a request, with what they cost and how they were served.
+pub struct Embedded<'a> {
+    /// The model that computed them.
+    pub model: &'a Arc<ServedModel>,
+    /// One vector per text, in request order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens of all texts, special tokens included, padding excluded.
+    pub prompt_tokens: usize,
+    /// Energy, CO2e and cost; `None` when metering is off.
+    pub energy: Option<UsageEnergy>,
+    /// The largest batch any of its texts was computed in.
+    pub batch_size: usize,
+    /// Longest wait of its texts in the queue.
+    pub queue_time: Duration,
+    /// Compute time of the batches that served it.
+    pub compute_time: Duration,
+}
+
+impl Embedded<'_> {
+    /// The serving headers of the answer, `total` counted from `started`.
+    pub fn serving(&self, started: Instant) -> Serving<'_> {
+        Serving {
+            model: self.model,
+            batch_size: Some(self.batch_size),
+            timing: vec![("queue", self.queue_time), ("compute", self.compute_time)],
+            until_now: ("total", started),
+        }
+    }
+}
+
+/// Embeds `texts` with the embedding model `model_name`: checks them against the limits,
+/// tokenizes them (truncating over-long ones when `truncate`), queues them and settles the
+/// energy. Errors name the texts as `names` says.
+pub async fn embed<'a>(
+    state: &'a AppState,
+    model_name: &str,
+    texts: Vec<String>,
+    truncate: bool,
+    names: InputNames,
+) -> Result<Embedded<'a>, ApiError> {
+    let (model, emb) = find_model::<EmbeddingServing>(state, model_name)?;
+    check_texts(&texts, names, state.limits())?;
+    let tokenizer = emb.tokenizer.clone();
+    let ids = tokenize_blocking(state, move || {
+        tokenize_all(&tokenizer, &texts, truncate, names)
+    })
+    .await?;
+    let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
+    crate::metrics::record_tokens(&model.name, "prompt", prompt_tokens);
+    let output = run(&emb.scheduler, ids).await?;
+    let energy = settle_energy(model, &output.energy).await?;
+    Ok(Embedded {
+        model,
+        vectors: output.embeddings,
+        prompt_tokens,
+        energy,
+        batch_size: output.batch_size,
+        queue_time: output.queue_time,
+        compute_time: output.compute_time,
+    })
+}
+
+/// The model's embedding width, for protocols that describe their outputs before computing
+/// them: 503 while loading, 404 for an unknown model, 400 for a generation model.
+pub fn dimensions(state: &AppState, model_name: &str) -> Result<usize, ApiError> {
+    find_model::<EmbeddingServing>(state, model_name).map(|(_, emb)| emb.dimensions)
+}
+
+/// Checks the texts of one request: at least one, at most `limits.max_inputs_per_request`,
+/// none empty, none over `limits.max_input_bytes`.
+pub fn check_texts(texts: &[String], names: InputNames, limits: &Limits) -> Result<(), ApiError> {
+    let bad = |param: String, msg: String| {
+        Err(ApiError::bad_request("invalid_input", msg).with_param(param))
+    };
+    let field = names.field;
+    if texts.is_empty() {
+        return bad(field.into(), format!("`{field}` must not be empty"));
+    }
+    let max_inputs = limits.max_inputs_per_request;
+    if texts.len() > max_inputs {
+        return bad(
+            field.into(),
+            format!(
+                "`{field}` has {} items, more than the limit of {max_inputs} (limits.max_inputs_per_request)",
+                texts.len()
+            ),
+        );
+    }
+    if let Some(i) = texts.iter().position(|t| t.is_empty()) {
+        let param = names.of(i);
+        return bad(
+            param.clone(),
+            format!("`{param}` is an empty string; inputs must not be empty"),
+        );
+    }
+    let max_bytes = limits.max_input_bytes;
+    if let Some(i) = texts.iter().position(|t| t.len() > max_bytes) {
+        let param = names.of(i);
+        return bad(
+            param.clone(),
+            format!(
+                "`{param}` is {} bytes long, more than the limit of {max_bytes} (limits.max_input_bytes)",
+                texts[i].len()
+            ),
+        );
+    }
+    Ok(())
+}
+
+async fn run(scheduler: &EmbeddingScheduler, ids: Vec<Vec<u32>>) -> Result<EmbedOutput, ApiError> {
+    let rx = scheduler.submit(ids).map_err(ApiError::from)?;
+    rx.await
+        .map_err(|_| ApiError::internal("the compute thread stopped before answering"))?
+        .map_err(ApiError::from)
+}
+
+fn tokenize_all(
+    tokenizer: &EmbeddingTokenizer,
+    texts: &[String],
+    truncate: bool,
+    names: InputNames,
+) -> Result<Vec<Vec<u32>>, ApiError> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            tokenizer.encode(t, truncate).map_err(|e| {
+                let param = names.of(i);
+                match e {
+                    TokenizeError::TooLong { tokens, max } => ApiError::bad_request(
+                        "context_length_exceeded",
+                        format!(
+                            "`{param}` has {tokens} tokens, more than this model's limit of {max} tokens; \
+                             shorten it or ask for truncation (\"truncate\": true)"
+                        ),
+                    )
+                    .with_param(param),
+                    TokenizeError::Failed(m) => ApiError::bad_request(
+                        "invalid_input",
+                        format!("`{param}` could not be tokenized: {m}"),
+                    )
+                    .with_param(param),
+                }
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn texts(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn texts_are_checked_and_named_as_the_protocol_names_them() {
+        let limits = Limits {
+            max_inputs_per_request: 2,
+            max_input_bytes: 4,
+            ..Default::default()
+        };
+        let names = |field, count| InputNames { field, count };
+        assert!(check_texts(&texts(&["a", "b"]), names("input", 2), &limits).is_ok());
+        let e = check_texts(&[], names("text", 0), &limits).unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param.as_deref()), (400, Some("text")));
+        let e = check_texts(&texts(&["a", "b", "c"]), names("input", 3), &limits).unwrap_err();
+        assert!(e.message.contains("limit of 2"), "{}", e.message);
+        let e = check_texts(&texts(&["a", ""]), names("text", 2), &limits).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("text[1]"));
+        let e = check_texts(&texts(&["abcde"]), names("input", 1), &limits).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input"));
+        assert!(e.message.contains("5 bytes long"), "{}", e.message);
+    }
+}

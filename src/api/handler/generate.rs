@@ -1,0 +1,201 @@
+//! Generating a completion, whatever the protocol that asked: find the model, check the request
+//! against the operator's limits, tokenize the prompt on the blocking pool, check it against the
+//! context, queue the sequence, and (for a whole answer) collect its text and settle its energy.
+//! The OpenAI handlers stream or shape it as OpenAI does; the Open Inference Protocol's as
+//! tensors or the generate extension.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use super::{find_model, tokenize_blocking, Serving};
+use crate::api::openai::completions::validate::{self, FittingPrompt, Plan, Prompt};
+use crate::api::openai::completions::wire::{Endpoint, GenerationFields};
+use crate::api::usage::{settle_energy, UsageEnergy};
+use crate::api::{ApiError, AppState};
+use crate::batch::generation::{Finished, GenEvent, GenerationJob};
+use crate::engine::decoder::model::RenderChatError;
+use crate::engine::GenerationModel;
+use crate::registry::{GenerationServing, ServedModel};
+
+/// A request ready to queue: its model, options and prompt, all checked.
+pub struct Prepared<'a> {
+    /// The model that will serve it.
+    pub model: &'a Arc<ServedModel>,
+    /// Its generation side.
+    pub gen: &'a GenerationServing,
+    /// The checked options.
+    pub plan: Plan,
+    /// The prompt's ids, fitting the context with room for the completion.
+    pub prompt: FittingPrompt,
+}
+
+/// Finds the model, validates the request as `endpoint` reads it (`raw_prompt` is `messages`
+/// for a chat, `prompt` otherwise), renders and tokenizes the prompt (blocking pool) and checks
+/// it against the context length.
+pub async fn prepare<'a>(
+    state: &'a AppState,
+    endpoint: Endpoint,
+    model_name: &str,
+    fields: GenerationFields,
+    raw_prompt: Value,
+) -> Result<Prepared<'a>, ApiError> {
+    let (model, gen) = find_model::<GenerationServing>(state, model_name)?;
+    let validate::Request { plan, prompt } =
+        validate::request(endpoint, fields, raw_prompt, state.limits())?;
+    let engine = gen.engine.clone();
+    let ids = tokenize_blocking(state, move || tokenize(&engine, prompt)).await?;
+    let prompt = validate::check_context(gen, ids, &plan, endpoint)?;
+    crate::metrics::record_tokens(&model.name, "prompt", prompt.len());
+    Ok(Prepared {
+        model,
+        gen,
+        plan,
+        prompt,
+    })
+}
+
+/// The prompt's token ids: given, a raw text tokenized (special tokens written in it are
+/// parsed: a raw prompt is the caller's whole prompt), or a conversation rendered by the chat
+/// template with its messages' contents tokenized as plain text. CPU work: runs on the
+/// blocking pool.
+fn tokenize(engine: &GenerationModel, prompt: Prompt) -> Result<Vec<u32>, ApiError> {
+    match prompt {
+        Prompt::Tokens(ids) => Ok(ids),
+        Prompt::Text(t) => engine
+            .tokenizer()
+            .encode(&t)
+            .map_err(|e| ApiError::internal(e.to_string())),
+        Prompt::Chat(messages) => match engine.encode_chat(&messages) {
+            Ok(ids) => Ok(ids),
+            Err(RenderChatError::Tokenizer(e)) => Err(ApiError::internal(e)),
+            Err(e) => Err(validate::ValidationError::from(e).into()),
+        },
+    }
+}
+
+impl<'a> Prepared<'a> {
+    /// Queues the sequence; its events arrive on the receiver (dropping it cancels the
+    /// sequence at its next step).
+    pub fn submit(self) -> Result<Submitted<'a>, ApiError> {
+        let (tx, rx) = unbounded_channel();
+        let job = GenerationJob {
+            max_new_tokens: self.prompt.max_new_tokens(),
+            prompt: self.prompt.into_ids(),
+            sampling: self.plan.sampling,
+            stop: self.plan.stop.clone(),
+            ignore_eos: self.plan.ignore_eos,
+            events: tx,
+        };
+        self.gen.scheduler.submit(job)?;
+        Ok(Submitted {
+            model: self.model,
+            plan: self.plan,
+            events: rx,
+        })
+    }
+}
+
+/// A queued sequence: its events, and what a stream needs to shape them.
+pub struct Submitted<'a> {
+    /// The model serving it.
+    pub model: &'a Arc<ServedModel>,
+    /// Its options.
+    pub plan: Plan,
+    /// Text pieces, then `Finished` or `Failed`.
+    pub events: UnboundedReceiver<GenEvent>,
+}
+
+impl<'a> Submitted<'a> {
+    /// Waits for the first event, so that a sequence that cannot start (a full queue, the
+    /// queue-wait deadline, a failed first step) becomes an error status rather than a stream
+    /// that opens and fails.
+    pub async fn first_event(&mut self) -> Result<GenEvent, ApiError> {
+        match self.events.recv().await {
+            Some(GenEvent::Failed(e)) => Err(e.into()),
+            Some(event) => Ok(event),
+            None => Err(ApiError::internal("the compute thread stopped")),
+        }
+    }
+
+    /// Collects the whole completion and settles its energy.
+    pub async fn complete(mut self) -> Result<Completed<'a>, ApiError> {
+        let mut text = String::new();
+        let done = loop {
+            match self.events.recv().await {
+                Some(GenEvent::Text(piece)) => text.push_str(&piece),
+                Some(GenEvent::Finished(done)) => break done,
+                Some(GenEvent::Failed(e)) => return Err(e.into()),
+                None => return Err(ApiError::internal("the compute thread stopped")),
+            }
+        };
+        let energy = settle_energy(self.model, &done.energy).await?;
+        Ok(Completed {
+            model: self.model,
+            text,
+            done,
+            energy,
+        })
+    }
+}
+
+/// A whole completion, with what it cost and how it was served.
+pub struct Completed<'a> {
+    /// The model that generated it.
+    pub model: &'a Arc<ServedModel>,
+    /// The generated text.
+    pub text: String,
+    /// Why it ended, its token counts and timings.
+    pub done: Finished,
+    /// Energy, CO2e and cost; `None` when metering is off.
+    pub energy: Option<UsageEnergy>,
+}
+
+impl Completed<'_> {
+    /// The serving headers of the answer, `total` counted from `started`.
+    pub fn serving(&self, started: Instant) -> Serving<'_> {
+        Serving {
+            model: self.model,
+            batch_size: Some(self.done.max_batch),
+            timing: vec![
+                ("queue", self.done.queue_time),
+                ("ttft", self.done.time_to_first_token),
+                ("compute", self.done.compute_time),
+            ],
+            until_now: ("total", started),
+        }
+    }
+}
+
+/// Resolves when a stream must end before its sequence does, saying why.
+pub type Ending = Pin<Box<dyn Future<Output = EndReason> + Send>>;
+
+/// Why a stream is cut short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// The server's shutdown grace period is over.
+    ShuttingDown,
+    /// The request's deadline (`limits.request_timeout_ms`) passed.
+    Deadline {
+        /// The deadline, ms.
+        ms: u64,
+    },
+}
+
+/// What cuts a stream short: the server's shutdown, or the request deadline (counted from
+/// `started`, as for a whole response).
+pub fn ending(state: &AppState, started: Instant) -> Ending {
+    let shutdown = state.streams_ending();
+    let ms = state.limits().request_timeout_ms;
+    let deadline = tokio::time::Instant::from_std(started) + state.limits().request_timeout();
+    Box::pin(async move {
+        tokio::select! {
+            _ = shutdown => EndReason::ShuttingDown,
+            _ = tokio::time::sleep_until(deadline) => EndReason::Deadline { ms },
+        }
+    })
+}
