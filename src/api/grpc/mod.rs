@@ -38,6 +38,10 @@ pub async fn serve(
     tonic::transport::Server::builder()
         .layer(tower::layer::layer_fn(trailers::MeteringTrailers::new))
         .add_service(service)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        // Without TCP_NODELAY a small unary answer waits on the client's delayed ACK (~40 ms).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
 }
