@@ -514,5 +514,24 @@ async fn api_keys_apply_to_v2_and_grpc() {
         .insert("x-api-key", "sk-a".parse().unwrap());
     let resp = grpc.model_infer(authed).await.unwrap();
     assert_eq!(resp.get_ref().outputs[0].shape, vec![1, 384]);
+    // The refusals were counted: the HTTP one under its endpoint, the gRPC ones as `grpc`.
+    let metrics = client
+        .get(s.url("/metrics"))
+        .header("authorization", "Bearer sk-a")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let refused = |endpoint: &str| {
+        metric_sum(
+            &metrics,
+            "wattserve_requests_total",
+            &format!("model=\"unknown\",endpoint=\"{endpoint}\",status=\"401\""),
+        )
+    };
+    assert_eq!(refused("v2_infer"), 1.0, "{metrics}");
+    assert_eq!(refused("grpc"), 2.0, "{metrics}");
     s.stop().await.unwrap();
 }

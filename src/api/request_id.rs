@@ -87,6 +87,31 @@ pub fn endpoint_label(path: &str) -> &'static str {
         "/health" | "/ready" => "health",
         "/metrics" => "metrics",
         p if p.starts_with("/v1/models/") => "models",
+        p if p.starts_with("/v2/") && p.ends_with("/infer") => "v2_infer",
+        p if p.starts_with("/v2/") && p.ends_with("/generate") => "v2_generate",
+        p if p.starts_with("/v2/") && p.ends_with("/generate_stream") => "v2_generate_stream",
+        p if crate::api::error::is_v2_path(p) => "v2_metadata",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_label;
+
+    #[test]
+    fn paths_map_to_a_bounded_set_of_endpoint_labels() {
+        assert_eq!(endpoint_label("/v1/embeddings"), "embeddings");
+        assert_eq!(endpoint_label("/v2/models/m/infer"), "v2_infer");
+        assert_eq!(endpoint_label("/v2/models/m/versions/1/infer"), "v2_infer");
+        assert_eq!(endpoint_label("/v2/models/m/generate"), "v2_generate");
+        assert_eq!(
+            endpoint_label("/v2/models/m/generate_stream"),
+            "v2_generate_stream"
+        );
+        assert_eq!(endpoint_label("/v2/models/m"), "v2_metadata");
+        assert_eq!(endpoint_label("/v2"), "v2_metadata");
+        assert_eq!(endpoint_label("/v2x/infer"), "other");
+        assert_eq!(endpoint_label("/anything"), "other");
     }
 }
