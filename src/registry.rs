@@ -143,6 +143,13 @@ impl Registry {
                 file: entry.file.clone(),
                 source: Box::new(source),
             })?;
+            crate::metrics::set_model_info(
+                &served.name,
+                served.precision.as_str(),
+                &served.device.to_string(),
+                served.task(),
+                served.meter.as_ref().map_or("none", |m| m.method()),
+            );
             models.insert(served.name.clone(), Arc::new(served));
         }
         Ok(Self { models })

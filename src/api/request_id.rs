@@ -4,7 +4,12 @@
 //! before any handler ran (401, 404, 405, 413, 415, a malformed body) in
 //! `wattserve_requests_total`, so that every rejection is counted.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use http_body::{Frame, SizeHint};
 
 use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue};
@@ -36,12 +41,16 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let label = endpoint_label(&path);
+    let in_flight = crate::metrics::INFERENCE_ENDPOINTS
+        .contains(&label)
+        .then(|| crate::metrics::InFlight::enter(label));
     let mut resp = next.run(req).await;
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     // Rejections no handler counted (probes that succeed are not requests worth counting).
     if status >= 400 && resp.extensions().get::<Counted>().is_none() {
-        crate::metrics::record_request("unknown", endpoint_label(&path), status, elapsed);
+        crate::metrics::record_request("unknown", label, status, elapsed);
     }
     let header = |name: &str| {
         resp.headers()
@@ -70,7 +79,42 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
-    resp
+    match in_flight {
+        // In flight until the body is sent or dropped (a stream: until it ends).
+        Some(guard) => resp.map(|inner| {
+            Body::new(Tracked {
+                inner,
+                _in_flight: guard,
+            })
+        }),
+        None => resp,
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is done.
+struct Tracked {
+    inner: Body,
+    _in_flight: crate::metrics::InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Marks a response whose request a handler already counted in `wattserve_requests_total`.

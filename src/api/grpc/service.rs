@@ -288,6 +288,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let _in_flight = crate::metrics::InFlight::enter("grpc_infer");
         let req = req.into_inner();
         let state = &self.state;
         let metrics = RequestMetrics::start(state, &req.model_name, "grpc_infer");

@@ -135,6 +135,13 @@ impl StreamState {
                         .flatten();
                     let usage = Chunk::usage(&self.rid, CompletionUsage::new(&done, energy));
                     self.queued.push_back(data(&usage));
+                } else {
+                    // Nothing to tell the client, but the energy-per-request metric counts every
+                    // completion: settle off the stream, which ends now.
+                    let model = self.model.clone();
+                    tokio::spawn(async move {
+                        let _ = settle_energy(&model, &done.energy).await;
+                    });
                 }
                 self.finish();
             }
