@@ -10,9 +10,9 @@ serve: models
 	$(CARGO) build --release --locked
 	./target/release/wattserve serve --port 8080 $(ARGS)
 
-## Fetch models and the Python test clients, check deploy/ (rules, alerts), then format check,
-## clippy and all tests (what CI runs).
-test: models openai-client v2-clients check-prometheus
+## Fetch models and the Python test clients, check deploy/ (rules and alerts, manifests, images
+## and the local stack, offline), then format check, clippy and all tests (what CI runs).
+test: models openai-client v2-clients check-prometheus check-k8s check-docker
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) test --locked --workspace
