@@ -66,6 +66,44 @@ pub struct Config {
     pub cost: CostConfig,
     /// API keys.
     pub auth: AuthConfig,
+    /// The usage ledger.
+    pub usage: UsageConfig,
+}
+
+/// `[usage]`: the durable usage ledger (one record per finished request) behind `/v1/usage`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    /// Keep the ledger. Default true.
+    pub enabled: bool,
+    /// The SQLite file. Default `wattserve-usage.sqlite` in the working directory.
+    pub path: PathBuf,
+    /// How often records are written, ms: a crash loses at most this much. Default 1000.
+    pub flush_interval_ms: u64,
+    /// Records older than this many days are deleted; 0 keeps everything. Default 400.
+    pub retention_days: u64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: PathBuf::from("wattserve-usage.sqlite"),
+            flush_interval_ms: 1000,
+            retention_days: 400,
+        }
+    }
+}
+
+impl UsageConfig {
+    /// The ledger's settings.
+    pub fn settings(&self) -> crate::governance::ledger::LedgerSettings {
+        crate::governance::ledger::LedgerSettings {
+            flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
+            retention: (self.retention_days > 0)
+                .then(|| std::time::Duration::from_secs(self.retention_days * 86_400)),
+        }
+    }
 }
 
 /// `[auth]`: API keys. Off unless a keys file is named or `WATTSERVE_API_KEYS` is set.
@@ -364,6 +402,12 @@ impl Config {
         }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be at least 1"));
+        }
+        if self.usage.enabled && !(1..=60_000).contains(&self.usage.flush_interval_ms) {
+            return Err(invalid(
+                "usage.flush_interval_ms",
+                "must be between 1 and 60000 (a crash loses at most this many ms of records)",
+            ));
         }
         if self.limits.max_inputs_per_request == 0 {
             return Err(invalid(

@@ -64,11 +64,36 @@ pub const ENERGY_READ_FAILURES: &str = "wattserve_energy_read_failures_total";
 /// Energy per successful request, joules.
 pub const ENERGY_PER_REQUEST: &str = "wattserve_energy_per_request_joules";
 
+/// Inference requests by tenant and project (the API key's name and the project it charged),
+/// model and status class (`2xx`, `4xx`, `5xx`): labels bounded by the keys file, never by
+/// requests.
+pub const TENANT_REQUESTS: &str = "wattserve_tenant_requests_total";
+/// Tokens by tenant, project, model and kind (`prompt`, `completion`).
+pub const TENANT_TOKENS: &str = "wattserve_tenant_tokens_total";
+/// Joules by tenant, project and model.
+pub const TENANT_ENERGY: &str = "wattserve_tenant_energy_joules_total";
+/// Grams of CO2e by tenant, project and model.
+pub const TENANT_CO2E: &str = "wattserve_tenant_co2e_grams_total";
+/// US dollars by tenant, project and model.
+pub const TENANT_COST: &str = "wattserve_tenant_cost_usd_total";
+
 /// Fractional counters (joules, grams, dollars): the `metrics` facade counts in integers, so these
 /// are kept here and rendered beside the exporter's output.
 static FLOATS: Mutex<BTreeMap<(&'static str, String), f64>> = Mutex::new(BTreeMap::new());
 
 const FLOAT_HELP: &[(&str, &str)] = &[
+    (
+        TENANT_ENERGY,
+        "Energy of requests, joules, by tenant, project and model",
+    ),
+    (
+        TENANT_CO2E,
+        "CO2e of requests, grams, by tenant, project and model",
+    ),
+    (
+        TENANT_COST,
+        "Cost of requests, USD, by tenant, project and model",
+    ),
     (
         ENERGY,
         "Energy attributed to requests, joules (failed batches included)",
@@ -193,6 +218,16 @@ fn describe() {
         Unit::Count,
         "Inference requests being served, until the last byte of the answer"
     );
+    describe_counter!(
+        TENANT_REQUESTS,
+        Unit::Count,
+        "Inference requests by tenant, project, model and status class"
+    );
+    describe_counter!(
+        TENANT_TOKENS,
+        Unit::Count,
+        "Tokens by tenant, project, model and kind"
+    );
     describe_gauge!(
         MODEL_INFO,
         "1 per served model; its labels say its precision, device, task and energy source"
@@ -284,6 +319,62 @@ pub fn set_model_info(
         "energy_source" => source
     )
     .set(1.0);
+}
+
+/// What one finished inference request spent, by who spent it: the per-tenant counters.
+pub struct TenantUsage<'a> {
+    /// The key's name.
+    pub tenant: &'a str,
+    /// The project charged.
+    pub project: &'a str,
+    /// The model (`unknown` when none was served).
+    pub model: &'a str,
+    /// The status answered.
+    pub status: u16,
+    /// Tokens read.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+    /// Joules.
+    pub joules: f64,
+    /// Grams of CO2e.
+    pub co2e_grams: f64,
+    /// US dollars.
+    pub cost_usd: f64,
+}
+
+/// Counts `u` in the per-tenant counters.
+pub fn record_tenant_usage(u: &TenantUsage<'_>) {
+    let class = match u.status {
+        200..=299 => "2xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    };
+    let (t, p, m) = (
+        u.tenant.to_string(),
+        u.project.to_string(),
+        u.model.to_string(),
+    );
+    counter!(TENANT_REQUESTS, "tenant" => t.clone(), "project" => p.clone(), "model" => m.clone(), "status_class" => class)
+        .increment(1);
+    for (kind, n) in [
+        ("prompt", u.prompt_tokens),
+        ("completion", u.completion_tokens),
+    ] {
+        if n > 0 {
+            counter!(TENANT_TOKENS, "tenant" => t.clone(), "project" => p.clone(), "model" => m.clone(), "kind" => kind)
+                .increment(n);
+        }
+    }
+    let labels = [
+        ("tenant", u.tenant),
+        ("project", u.project),
+        ("model", u.model),
+    ];
+    add_float(TENANT_ENERGY, &labels, u.joules);
+    add_float(TENANT_CO2E, &labels, u.co2e_grams);
+    add_float(TENANT_COST, &labels, u.cost_usd);
 }
 
 /// One inference request in flight: counted in `wattserve_requests_in_flight{endpoint}` from

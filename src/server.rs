@@ -17,8 +17,10 @@ use tokio::net::TcpListener;
 pub use listener::{ConnectionLimits, Drained};
 
 use crate::api::auth::Auth;
-use crate::api::{router, AppState};
+use crate::api::{router, AppState, UsageBackend};
 use crate::config::{Config, ConfigError, ServerConfig};
+use crate::governance::ledger::{Ledger, LedgerError, LedgerWriter};
+use crate::governance::sqlite_store::{SqliteReader, SqliteStore};
 use crate::governance::ApiKeys;
 use crate::registry::{LoadError, Registry};
 use crate::repository::{discover, ModelEntry};
@@ -50,6 +52,16 @@ pub enum ServeError {
     /// The HTTP server failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+    /// The usage ledger could not be opened.
+    #[error(
+        "cannot open the usage ledger {path}: {source} (usage.path, or usage.enabled = false)"
+    )]
+    Usage {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: LedgerError,
+    },
 }
 
 /// A bound, not yet serving, server. Models load in the background once [`Server::run`] starts,
@@ -58,6 +70,7 @@ pub struct Server {
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     grpc_listener: Option<TcpListener>,
+    ledger_writer: Option<LedgerWriter>,
     entries: Vec<ModelEntry>,
     state: AppState,
     config: Config,
@@ -89,12 +102,14 @@ impl Server {
             .map_err(|source| ServeError::Bind { addr, source })?;
         let metrics_listener = bind_port(&config.server.host, config.server.metrics_port).await?;
         let grpc_listener = bind_port(&config.server.host, config.server.grpc_port).await?;
+        let (usage, ledger_writer) = open_usage(&config.usage)?;
         Ok(Self {
             listener,
             metrics_listener,
             grpc_listener,
+            ledger_writer,
             entries,
-            state: AppState::new(config.limits.clone(), auth),
+            state: AppState::new(config.limits.clone(), auth, usage),
             config: config.clone(),
         })
     }
@@ -125,6 +140,7 @@ impl Server {
             listener,
             metrics_listener,
             grpc_listener,
+            ledger_writer,
             entries,
             state,
             config,
@@ -234,6 +250,10 @@ impl Server {
         // The last handle to the models: dropping it joins the compute threads, which end as
         // soon as the sequences of the connections just closed are dropped.
         let _ = tokio::task::spawn_blocking(move || drop(state)).await;
+        // The records of the last requests are written before the process ends.
+        if let Some(writer) = ledger_writer {
+            let _ = tokio::task::spawn_blocking(move || writer.close()).await;
+        }
         tracing::info!(connections_cut = drained.cut, "stopped");
         if dead.is_empty() {
             Ok(())
@@ -241,6 +261,36 @@ impl Server {
             Err(ServeError::WorkerDied(dead.join(", ")))
         }
     }
+}
+
+/// Opens the usage ledger (`usage.enabled`): the SQLite store, its writer thread and a reader.
+fn open_usage(
+    config: &crate::config::UsageConfig,
+) -> Result<(Option<UsageBackend>, Option<LedgerWriter>), ServeError> {
+    if !config.enabled {
+        tracing::info!("usage ledger off (usage.enabled = false): /v1/usage answers 400");
+        return Ok((None, None));
+    }
+    let fail = |source: LedgerError| ServeError::Usage {
+        path: config.path.clone(),
+        source,
+    };
+    let store = SqliteStore::open(&config.path).map_err(fail)?;
+    let reader = SqliteReader::open(&config.path).map_err(fail)?;
+    let (ledger, writer) = Ledger::start(Box::new(store), config.settings())
+        .map_err(|e| fail(LedgerError::Store(e.to_string())))?;
+    tracing::info!(
+        path = %config.path.display(),
+        flush_interval_ms = config.flush_interval_ms,
+        "usage ledger"
+    );
+    Ok((
+        Some(UsageBackend {
+            ledger,
+            reader: std::sync::Arc::new(reader),
+        }),
+        Some(writer),
+    ))
 }
 
 /// Binds `host:port` when a port is set (the metrics and gRPC listeners).
@@ -299,21 +349,11 @@ fn cors(server: &ServerConfig) -> Option<tower_http::cors::CorsLayer> {
                 .filter_map(|o| HeaderValue::from_str(o).ok()),
         )
     };
-    let exposed = [
-        "x-request-id",
-        "x-model",
-        "x-precision",
-        "x-batch-size",
-        "x-energy-joules",
-        "x-energy-source",
-        "x-power-watts",
-        "x-co2e-grams",
-        "x-carbon-intensity",
-        "x-carbon-zone",
-        "x-cost-usd",
-        "server-timing",
-    ]
-    .map(HeaderName::from_static);
+    let exposed: Vec<HeaderName> = std::iter::once("x-request-id")
+        .chain(crate::api::handler::SERVING_HEADERS)
+        .chain(crate::api::usage::ENERGY_HEADERS)
+        .map(HeaderName::from_static)
+        .collect();
     Some(
         CorsLayer::new()
             .allow_origin(origin)

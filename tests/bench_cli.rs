@@ -28,6 +28,7 @@ fn bench_reports_every_request_of_every_level() {
         .arg(models_dir())
         .arg("--json")
         .arg(&json)
+        .current_dir(dir.path())
         .env("WATTSERVE_LOG", "warn")
         .output()
         .unwrap();
@@ -110,6 +111,7 @@ fn bench_compares_protocols_on_the_same_model() {
         .arg(models_dir())
         .arg("--json")
         .arg(&json)
+        .current_dir(dir.path())
         .env("WATTSERVE_LOG", "warn")
         .output()
         .unwrap();

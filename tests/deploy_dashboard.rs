@@ -139,14 +139,7 @@ async fn the_grafana_dashboard_queries_only_metrics_the_server_exports() {
     .await;
     assert_eq!(status, 404, "unknown model: {body}");
 
-    let metrics = client
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics(None).await;
     assert!(
         metrics.contains("wattserve_requests_total"),
         "/metrics lacks wattserve_requests_total:\n{metrics}"

@@ -7,16 +7,8 @@ mod common;
 use std::io::Write;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use common::TestServer;
-
-fn sha256_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use common::{sha256_hex, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_required_and_name_their_tenant() {

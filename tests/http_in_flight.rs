@@ -12,12 +12,7 @@ use serde_json::json;
 use common::{metric_sum, TestServer};
 
 async fn in_flight(s: &TestServer, endpoint: &str) -> f64 {
-    let text = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics(None).await;
     metric_sum(
         &text,
         "wattserve_requests_in_flight",
@@ -52,12 +47,7 @@ async fn requests_are_in_flight_until_their_answer_is_done() {
         c.limits.allow_ignore_eos = true;
     })
     .await;
-    let text = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics(None).await;
     for endpoint in wattserve::metrics::INFERENCE_ENDPOINTS {
         let line = format!("wattserve_requests_in_flight{{endpoint=\"{endpoint}\"}} 0");
         assert!(text.contains(&line), "no `{line}` in\n{text}");

@@ -10,13 +10,13 @@ mod common;
 use std::io::Write;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use wattserve::api::grpc::pb;
 use wattserve::api::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use wattserve::api::grpc::pb::infer_parameter::ParameterChoice;
+use wattserve::api::v2::tensor::join_byte_strings;
 use wattserve::config::SourceChoice;
 
-use common::{metric_sum, TestServer};
+use common::{metric_sum, sha256_hex, TestServer};
 
 const TEXTS: [&str; 3] = [
     "The quick brown fox jumps over the lazy dog.",
@@ -34,14 +34,7 @@ fn binary_body(header: &Value, binary: &[u8]) -> (Vec<u8>, usize) {
 
 /// BYTES elements in raw form.
 fn raw_strings(items: &[&str]) -> Vec<u8> {
-    items
-        .iter()
-        .flat_map(|s| {
-            let mut v = (s.len() as u32).to_le_bytes().to_vec();
-            v.extend_from_slice(s.as_bytes());
-            v
-        })
-        .collect()
+    join_byte_strings(items.iter().map(|s| s.as_bytes()))
 }
 
 /// POSTs raw bytes (with an optional `Inference-Header-Content-Length` and content type):
@@ -318,15 +311,7 @@ async fn every_path_gives_the_same_embeddings_and_energy_adds_up() {
     )
     .await;
     let label = "model=\"minilm-metered\"";
-    let metrics = || async {
-        reqwest::get(s.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    };
-    let before = metrics().await;
+    let before = s.metrics(None).await;
     let client = reqwest::Client::new();
     let grpc_url = format!("http://{}", s.grpc_addr.unwrap());
     let mut grpc = GrpcInferenceServiceClient::connect(grpc_url).await.unwrap();
@@ -436,7 +421,7 @@ async fn every_path_gives_the_same_embeddings_and_energy_adds_up() {
     assert_eq!(trailer, from_params);
     assert_eq!(resp.metadata().get("x-model").unwrap(), "minilm-metered");
 
-    let after = metrics().await;
+    let after = s.metrics(None).await;
     let delta = metric_sum(&after, "wattserve_energy_joules_total", label)
         - metric_sum(&before, "wattserve_energy_joules_total", label);
     assert!(
@@ -454,13 +439,6 @@ async fn every_path_gives_the_same_embeddings_and_energy_adds_up() {
     assert_eq!(requests("grpc_infer"), 4.0, "{after}");
     assert_eq!(requests("embeddings"), 1.0);
     s.stop().await.unwrap();
-}
-
-fn sha256_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,15 +493,7 @@ async fn api_keys_apply_to_v2_and_grpc() {
     let resp = grpc.model_infer(authed).await.unwrap();
     assert_eq!(resp.get_ref().outputs[0].shape, vec![1, 384]);
     // The refusals were counted: the HTTP one under its endpoint, the gRPC ones as `grpc`.
-    let metrics = client
-        .get(s.url("/metrics"))
-        .header("authorization", "Bearer sk-a")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics(Some("sk-a")).await;
     let refused = |endpoint: &str| {
         metric_sum(
             &metrics,

@@ -7,25 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("WATTSERVE_OPENAI_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/openai-venv/bin/python")
-        });
-    if p.is_file() {
-        Some(p)
-    } else {
-        let msg = format!(
-            "no openai client at {}; run `make openai-client` (make test does)",
-            p.display()
-        );
-        assert!(
-            !common::weights_required(),
-            "{msg} (CI=true: a missing client fails)"
-        );
-        eprintln!("SKIPPED: {msg}");
-        None
-    }
+    common::client_python("WATTSERVE_OPENAI_PYTHON", "openai-venv", "openai-client")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

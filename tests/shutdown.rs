@@ -20,8 +20,9 @@ async fn start(dir: &std::path::Path) -> (Child, String, Output) {
     std::fs::write(
         &config,
         format!(
-            "[server]\nport = 0\nmodels_dir = {:?}\nmodels = [\"smollm2\"]\nshutdown_grace_s = 1.0\n[limits]\nallow_ignore_eos = true\n",
-            common::models_dir()
+            "[server]\nport = 0\nmodels_dir = {:?}\nmodels = [\"smollm2\"]\nshutdown_grace_s = 1.0\n[limits]\nallow_ignore_eos = true\n[usage]\npath = {:?}\n",
+            common::models_dir(),
+            dir.join("usage.sqlite")
         ),
     )
     .unwrap();

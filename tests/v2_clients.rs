@@ -10,24 +10,7 @@ mod common;
 use std::path::PathBuf;
 
 fn python() -> Option<PathBuf> {
-    let p = std::env::var_os("WATTSERVE_V2_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/v2-venv/bin/python")
-        });
-    if p.is_file() {
-        return Some(p);
-    }
-    let msg = format!(
-        "no V2 clients at {}; run `make v2-clients` (make test does)",
-        p.display()
-    );
-    assert!(
-        !common::weights_required(),
-        "{msg} (CI=true: a missing client fails)"
-    );
-    eprintln!("SKIPPED: {msg}");
-    None
+    common::client_python("WATTSERVE_V2_PYTHON", "v2-venv", "v2-clients")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

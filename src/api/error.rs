@@ -142,6 +142,19 @@ impl ApiError {
         .with_param("model_version")
     }
 
+    /// 403 for a project the request's key may not charge.
+    pub fn project_not_allowed(project: &str, tenant: &str, allowed: &[&str]) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "project_not_allowed",
+            format!(
+                "Project `{project}` (x-wattserve-project) is not one of tenant `{tenant}`'s projects: {}",
+                allowed.join(", ")
+            ),
+        )
+        .with_param("x-wattserve-project")
+    }
+
     /// 404 for a path no route serves.
     pub fn no_route(path: &str) -> Self {
         Self::new(
@@ -164,6 +177,7 @@ impl ApiError {
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
             401 => "authentication_error",
+            403 => "permission_error",
             503 | 429 => "overloaded_error",
             500..=599 => "server_error",
             _ => "invalid_request_error",

@@ -152,7 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn ready_turns_503_once_shutdown_begins() {
-        let state = AppState::new(Limits::default(), Auth::default());
+        let state = AppState::new(Limits::default(), Auth::default(), None);
         // Still loading: 503 not_ready.
         let e = ready(State(state.clone())).await.err().unwrap();
         assert_eq!((e.status.as_u16(), e.code), (503, "not_ready"));

@@ -12,6 +12,7 @@ pub mod meta;
 pub mod openai;
 pub mod request_id;
 pub mod usage;
+pub mod usage_query;
 pub mod v2;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,12 +46,23 @@ struct StateInner {
     closing: watch::Sender<bool>,
     /// Places on the blocking pool for tokenizing (`limits.tokenizer_concurrency`).
     tokenizing: Arc<Semaphore>,
+    /// The usage ledger and its reader; `None` when `usage.enabled` is false.
+    usage: Option<UsageBackend>,
+}
+
+/// Where usage is recorded and read back.
+#[derive(Clone)]
+pub struct UsageBackend {
+    /// Records go here (off the request path).
+    pub ledger: crate::governance::ledger::Ledger,
+    /// `/v1/usage` reads here.
+    pub reader: Arc<crate::governance::sqlite_store::SqliteReader>,
 }
 
 impl AppState {
     /// State with no models yet: inference answers 503 and `/ready` is not ready until
     /// [`AppState::set_registry`] is called.
-    pub fn new(limits: Limits, auth: auth::Auth) -> Self {
+    pub fn new(limits: Limits, auth: auth::Auth, usage: Option<UsageBackend>) -> Self {
         let limits_tokenizers = limits.tokenizers();
         Self {
             inner: Arc::new(StateInner {
@@ -60,6 +72,7 @@ impl AppState {
                 draining: AtomicBool::new(false),
                 closing: watch::Sender::new(false),
                 tokenizing: Arc::new(Semaphore::new(limits_tokenizers)),
+                usage,
             }),
         }
     }
@@ -84,6 +97,11 @@ impl AppState {
     /// The places for tokenizing work on the blocking pool.
     pub fn tokenizing(&self) -> &Arc<Semaphore> {
         &self.inner.tokenizing
+    }
+
+    /// The usage ledger, when kept.
+    pub fn usage(&self) -> Option<&UsageBackend> {
+        self.inner.usage.as_ref()
     }
 
     /// The API keys and the paths open without one.
@@ -135,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(meta::health))
         .route("/ready", get(meta::ready))
         .route("/metrics", get(meta::metrics))
+        .route("/v1/usage", get(usage_query::usage))
         .merge(v2::routes())
         .fallback(
             |uri: Uri| async move { ApiError::no_route(uri.path()).into_response_for(uri.path()) },
@@ -147,6 +166,9 @@ pub fn router(state: AppState) -> Router {
             state.auth().clone(),
             auth::require_key,
         ))
-        .layer(axum::middleware::from_fn(request_id::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_id::layer,
+        ))
         .with_state(state)
 }

@@ -12,11 +12,14 @@ use axum::body::{Body, Bytes};
 use http_body::{Frame, SizeHint};
 
 use axum::extract::Request;
+use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::governance::Tenant;
+use super::usage::{usage_record, PendingUsage, RequestFacts, UsageReport};
+use super::{AppState, UsageBackend};
+use crate::governance::{Project, Tenant};
 
 /// The header name.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -29,7 +32,7 @@ const MAX_LEN: usize = 128;
 pub struct RequestId(pub String);
 
 /// Middleware: resolves the id, stores it in the request's extensions, sets it on the response.
-pub async fn layer(mut req: Request, next: Next) -> Response {
+pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = req
         .headers()
         .get(&X_REQUEST_ID)
@@ -64,10 +67,16 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
         .get::<Tenant>()
         .map_or("-", |t| t.0.as_str())
         .to_string();
+    let project = resp
+        .extensions()
+        .get::<Project>()
+        .map_or("-", |p| p.0.as_str())
+        .to_string();
     tracing::info!(
         target: "wattserve::access",
         request_id = %id,
         tenant = %tenant,
+        project = %project,
         method = %method,
         path = %path,
         status,
@@ -79,6 +88,14 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
     }
+    record_usage(
+        state.usage(),
+        &mut resp,
+        id,
+        (tenant, project),
+        label,
+        started,
+    );
     match in_flight {
         // In flight until the body is sent or dropped (a stream: until it ends).
         Some(guard) => resp.map(|inner| {
@@ -88,6 +105,48 @@ pub async fn layer(mut req: Request, next: Next) -> Response {
             })
         }),
         None => resp,
+    }
+}
+
+/// Counts the request in the per-tenant metrics and hands its record to the ledger (when kept):
+/// at once for a whole answer, when its stream ends for a stream. Every request to an inference endpoint is recorded, refused ones included;
+/// probes, metadata, usage and metrics reads are not.
+fn record_usage(
+    usage: Option<&UsageBackend>,
+    resp: &mut Response,
+    request_id: String,
+    (tenant, project): (String, String),
+    endpoint: &'static str,
+    started: Instant,
+) {
+    if !crate::metrics::INFERENCE_ENDPOINTS.contains(&endpoint) {
+        return;
+    }
+    let status = resp.status().as_u16();
+    let report = resp.extensions_mut().remove::<UsageReport>();
+    let pending = resp.extensions_mut().remove::<PendingUsage>();
+    let facts = move || RequestFacts {
+        request_id,
+        tenant,
+        project,
+        endpoint,
+        status,
+        duration_ms: started.elapsed().as_secs_f64() * 1e3,
+    };
+    let ledger = usage.map(|u| u.ledger.clone());
+    let keep = move |record| {
+        if let Some(l) = ledger {
+            l.record(record);
+        }
+    };
+    match pending.and_then(|p| p.take()) {
+        Some(rx) => {
+            tokio::spawn(async move {
+                let report = rx.await.ok();
+                keep(usage_record(facts(), report));
+            });
+        }
+        None => keep(usage_record(facts(), report)),
     }
 }
 

@@ -1,12 +1,135 @@
 //! What every response says a request cost: `usage.energy` and the metering headers, shared by
 //! all endpoints so that they follow one contract.
 
+use std::sync::{Arc, Mutex};
+
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
+use tokio::sync::oneshot;
 
 use super::ApiError;
+use crate::governance::ledger::UsageRecord;
 use crate::meter::EnergyShare;
 use crate::registry::ServedModel;
+
+/// What a handler tells the usage ledger about a request it served: put in the response's
+/// extensions (or sent through [`PendingUsage`] by a stream when it ends); the request-id
+/// layer adds who asked, the status and the time, and records it.
+#[derive(Debug, Clone, Default)]
+pub struct UsageReport {
+    /// The served model.
+    pub model: String,
+    /// Its precision.
+    pub precision: &'static str,
+    /// Tokens read.
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    pub completion_tokens: u64,
+    /// What it cost, when metered.
+    pub energy: Option<UsageEnergy>,
+    /// The largest batch it was part of.
+    pub batch_size: u32,
+}
+
+impl UsageReport {
+    /// The report of a request `model` served.
+    pub fn new(
+        model: &ServedModel,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        energy: Option<&UsageEnergy>,
+        batch_size: usize,
+    ) -> Self {
+        Self {
+            model: model.name.clone(),
+            precision: model.precision.as_str(),
+            prompt_tokens: prompt_tokens as u64,
+            completion_tokens: completion_tokens as u64,
+            energy: energy.cloned(),
+            batch_size: batch_size as u32,
+        }
+    }
+}
+
+/// A stream's report, sent when the stream ends (dropped unsent when its client went away).
+/// Shared, because response extensions must be cloneable; the first [`PendingUsage::take`] gets
+/// the receiver.
+#[derive(Clone)]
+pub struct PendingUsage(Arc<Mutex<Option<oneshot::Receiver<UsageReport>>>>);
+
+impl PendingUsage {
+    /// Waits on `rx` for the report.
+    pub fn new(rx: oneshot::Receiver<UsageReport>) -> Self {
+        Self(Arc::new(Mutex::new(Some(rx))))
+    }
+
+    /// The receiver, once.
+    pub fn take(&self) -> Option<oneshot::Receiver<UsageReport>> {
+        self.0.lock().ok().and_then(|mut r| r.take())
+    }
+}
+
+/// Who asked and how it ended: what the ledger needs besides a [`UsageReport`].
+#[derive(Debug, Clone)]
+pub struct RequestFacts {
+    /// Its `x-request-id`.
+    pub request_id: String,
+    /// The key's tenant.
+    pub tenant: String,
+    /// The project charged.
+    pub project: String,
+    /// The endpoint label.
+    pub endpoint: &'static str,
+    /// The status answered.
+    pub status: u16,
+    /// From arrival to the last byte, ms.
+    pub duration_ms: f64,
+}
+
+/// The ledger record of a request (`report` is `None` for a request no handler served: a 401,
+/// a malformed body), also counted in the per-tenant metrics.
+pub fn usage_record(facts: RequestFacts, report: Option<UsageReport>) -> UsageRecord {
+    let record = build_record(facts, report);
+    crate::metrics::record_tenant_usage(&crate::metrics::TenantUsage {
+        tenant: &record.tenant,
+        project: &record.project,
+        model: &record.model,
+        status: record.status,
+        prompt_tokens: record.prompt_tokens,
+        completion_tokens: record.completion_tokens,
+        joules: record.joules,
+        co2e_grams: record.co2e_grams,
+        cost_usd: record.cost_usd,
+    });
+    record
+}
+
+fn build_record(facts: RequestFacts, report: Option<UsageReport>) -> UsageRecord {
+    let r = report.unwrap_or_else(|| UsageReport {
+        model: "unknown".into(),
+        precision: "-",
+        ..Default::default()
+    });
+    let e = r.energy.as_ref();
+    UsageRecord {
+        ts_ms: crate::governance::ledger::now_ms(),
+        request_id: facts.request_id,
+        tenant: facts.tenant,
+        project: facts.project,
+        model: r.model,
+        precision: r.precision.to_string(),
+        endpoint: facts.endpoint.to_string(),
+        status: facts.status,
+        prompt_tokens: r.prompt_tokens,
+        completion_tokens: r.completion_tokens,
+        joules: e.map_or(0.0, |e| e.joules),
+        energy_source: e.map_or("none", |e| e.source).to_string(),
+        co2e_grams: e.map_or(0.0, |e| e.co2e_grams),
+        cost_usd: e.map_or(0.0, |e| e.cost_usd),
+        duration_ms: facts.duration_ms,
+        batch_size: r.batch_size,
+    }
+}
 
 /// `usage.energy`: the same numbers as the metering headers.
 #[derive(Debug, Clone, Serialize)]

@@ -13,6 +13,7 @@ use serde_json::json;
 use super::report::Recorder;
 use crate::api::grpc::pb;
 use crate::api::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+use crate::api::v2::tensor::join_byte_strings;
 
 /// When a level stops.
 #[derive(Debug, Clone, Copy)]
@@ -72,16 +73,6 @@ pub struct Target {
     pub grpc: Option<GrpcClient>,
 }
 
-/// BYTES elements in raw form: a 4-byte little-endian length, then the bytes.
-fn raw_strings(texts: &[&str]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for t in texts {
-        out.extend_from_slice(&(t.len() as u32).to_le_bytes());
-        out.extend_from_slice(t.as_bytes());
-    }
-    out
-}
-
 impl Target {
     /// The texts of request number `i`.
     fn texts(&self, i: usize) -> Vec<&str> {
@@ -119,7 +110,7 @@ impl Target {
                 http(self.client.post(v2_url()).json(&body)).await
             }
             Protocol::V2Binary => {
-                let raw = raw_strings(&texts);
+                let raw = join_byte_strings(texts.iter().map(|t| t.as_bytes()));
                 let header = json!({
                     "inputs": [tensor(json!({"parameters": {"binary_data_size": raw.len()}}))],
                     "parameters": {"binary_data_output": true},
@@ -152,7 +143,7 @@ impl Target {
                 shape: vec![texts.len() as i64],
                 ..Default::default()
             }],
-            raw_input_contents: vec![raw_strings(texts)],
+            raw_input_contents: vec![join_byte_strings(texts.iter().map(|t| t.as_bytes()))],
             ..Default::default()
         };
         match client.model_infer(req).await {

@@ -13,6 +13,64 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Tenant(pub String);
 
+/// The project a request is charged to: named by `x-wattserve-project` among its key's
+/// projects, else the key's default project (`default`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Project(pub String);
+
+/// What a key grants: its tenant, the projects it may charge (a bounded set, from the keys
+/// file, never from requests), its default project, and whether it may read every tenant's
+/// usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The key's name.
+    pub tenant: Tenant,
+    /// Projects it may name besides its default one.
+    pub projects: Vec<String>,
+    /// The project of requests that name none.
+    pub default_project: String,
+    /// May read every tenant's usage.
+    pub admin: bool,
+}
+
+impl Grant {
+    /// The grant of requests without a key (keys off): tenant `anonymous`, project `default`.
+    pub fn anonymous() -> Self {
+        Self {
+            tenant: Tenant::anonymous(),
+            projects: Vec::new(),
+            default_project: DEFAULT_PROJECT.into(),
+            admin: false,
+        }
+    }
+
+    /// The project a request naming `asked` (or none) is charged to, if this key may.
+    pub fn project(&self, asked: Option<&str>) -> Option<Project> {
+        match asked {
+            None => Some(Project(self.default_project.clone())),
+            Some(p) if p == self.default_project || self.projects.iter().any(|q| q == p) => {
+                Some(Project(p.to_string()))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Every project this key may name, the default first.
+    pub fn all_projects(&self) -> Vec<&str> {
+        std::iter::once(self.default_project.as_str())
+            .chain(
+                self.projects
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|p| *p != self.default_project),
+            )
+            .collect()
+    }
+}
+
+/// The project of requests that name none, for keys that set no default.
+pub const DEFAULT_PROJECT: &str = "default";
+
 impl Tenant {
     /// The tenant of requests served without keys (authentication off).
     pub fn anonymous() -> Self {
@@ -32,7 +90,7 @@ pub enum KeysError {
         source: std::io::Error,
     },
     /// An entry is malformed.
-    #[error("{origin}:{line}: {message} (expected `NAME SHA256-HEX`, e.g. `team-a 5e884898...`)")]
+    #[error("{origin}:{line}: {message} (expected `NAME SHA256-HEX [project=P]... [default-project=P] [admin]`, e.g. `team-a 5e884898...`)")]
     Entry {
         /// The file, or `WATTSERVE_API_KEYS`.
         origin: String,
@@ -49,7 +107,7 @@ pub enum KeysError {
 /// The accepted keys, as digests with the tenant each names.
 #[derive(Clone)]
 pub struct ApiKeys {
-    entries: Vec<([u8; 32], Tenant)>,
+    entries: Vec<([u8; 32], Grant)>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -77,7 +135,7 @@ impl ApiKeys {
 
     /// Parses `NAME SHA256-HEX` entries; blank entries and `#` comments are skipped.
     fn parse<'a>(origin: &str, lines: impl Iterator<Item = &'a str>) -> Result<Self, KeysError> {
-        let mut entries: Vec<([u8; 32], Tenant)> = Vec::new();
+        let mut entries: Vec<([u8; 32], Grant)> = Vec::new();
         for (i, raw) in lines.enumerate() {
             let line = raw.split('#').next().unwrap_or_default().trim();
             if line.is_empty() {
@@ -89,14 +147,10 @@ impl ApiKeys {
                 message,
             };
             let mut fields = line.split_whitespace();
-            let (Some(name), Some(hex), None) = (fields.next(), fields.next(), fields.next())
-            else {
+            let (Some(name), Some(hex)) = (fields.next(), fields.next()) else {
                 return Err(bad("an entry is a name and a digest".into()));
             };
-            if !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            {
+            if !valid_name(name) {
                 return Err(bad(format!(
                     "the name `{name}` may hold only letters, digits, `-`, `_` and `.`"
                 )));
@@ -107,7 +161,36 @@ impl ApiKeys {
             if entries.iter().any(|(d, _)| *d == digest) {
                 return Err(bad("the same key is listed twice".into()));
             }
-            entries.push((digest, Tenant(name.to_string())));
+            let mut grant = Grant {
+                tenant: Tenant(name.to_string()),
+                projects: Vec::new(),
+                default_project: DEFAULT_PROJECT.into(),
+                admin: false,
+            };
+            for option in fields {
+                match option.split_once('=') {
+                    Some(("project", p)) => {
+                        if !valid_name(p) {
+                            return Err(bad(format!(
+                                "the project `{p}` may hold only letters, digits, `-`, `_` and `.`"
+                            )));
+                        }
+                        if !grant.projects.iter().any(|q| q == p) {
+                            grant.projects.push(p.to_string());
+                        }
+                    }
+                    Some(("default-project", p)) if valid_name(p) => {
+                        grant.default_project = p.to_string();
+                    }
+                    None if option == "admin" => grant.admin = true,
+                    _ => {
+                        return Err(bad(format!(
+                            "unknown option `{option}`; after the digest come `project=NAME` (repeatable), `default-project=NAME` and `admin`"
+                        )))
+                    }
+                }
+            }
+            entries.push((digest, grant));
         }
         if entries.is_empty() {
             return Err(KeysError::Empty(origin.to_string()));
@@ -117,15 +200,26 @@ impl ApiKeys {
 
     /// The tenant of `key`, if it is one of the accepted keys. Every digest is compared, in
     /// constant time, whatever matches.
-    pub fn verify(&self, key: &str) -> Option<Tenant> {
+    pub fn verify(&self, key: &str) -> Option<Grant> {
         let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut found = None;
-        for (digest, tenant) in &self.entries {
+        for (digest, grant) in &self.entries {
             if constant_time_eq(digest, &presented) {
-                found = Some(tenant.clone());
+                found = Some(grant.clone());
             }
         }
         found
+    }
+
+    /// Every (tenant, project) pair the keys allow: the bounded set metric labels come from.
+    pub fn charges(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (_, g) in &self.entries {
+            for p in g.all_projects() {
+                out.push((g.tenant.0.clone(), p.to_string()));
+            }
+        }
+        out
     }
 
     /// How many keys are accepted.
@@ -137,6 +231,14 @@ impl ApiKeys {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// Letters, digits, `-`, `_` and `.`: what names of tenants and projects may hold.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Equality of two digests without an early exit.
@@ -177,8 +279,9 @@ mod tests {
         );
         let keys = ApiKeys::parse("keys.txt", text.lines()).unwrap();
         assert_eq!(keys.len(), 2);
-        assert_eq!(keys.verify("sk-alpha"), Some(Tenant("team-a".into())));
-        assert_eq!(keys.verify("sk-beta"), Some(Tenant("team-b".into())));
+        let tenant = |k: &str| keys.verify(k).map(|g| g.tenant);
+        assert_eq!(tenant("sk-alpha"), Some(Tenant("team-a".into())));
+        assert_eq!(tenant("sk-beta"), Some(Tenant("team-b".into())));
         assert_eq!(keys.verify("sk-alph"), None);
         assert_eq!(keys.verify(""), None);
         // The digest itself is not a key.
@@ -189,7 +292,10 @@ mod tests {
     fn the_env_form_takes_commas() {
         let value = format!("a {},b {}", sha256_hex("k1"), sha256_hex("k2"));
         let keys = ApiKeys::from_env_value(&value).unwrap();
-        assert_eq!(keys.verify("k2"), Some(Tenant("b".into())));
+        assert_eq!(
+            keys.verify("k2").map(|g| g.tenant),
+            Some(Tenant("b".into()))
+        );
     }
 
     #[test]
@@ -202,6 +308,14 @@ mod tests {
                 "may hold only",
             ),
             ("# nothing\n", "holds no API key"),
+            (
+                "a 0000000000000000000000000000000000000000000000000000000000000000 team\n",
+                "unknown option `team`",
+            ),
+            (
+                "a 0000000000000000000000000000000000000000000000000000000000000000 project=x/y\n",
+                "the project `x/y`",
+            ),
         ];
         for (text, want) in cases {
             let e = ApiKeys::parse("keys.txt", text.lines())
@@ -214,6 +328,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("keys.txt:2:") && e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn keys_grant_projects_a_default_and_admin() {
+        let text = format!(
+            "team-a {} project=search project=chat default-project=search\nops {} admin\n",
+            sha256_hex("ka"),
+            sha256_hex("ko")
+        );
+        let keys = ApiKeys::parse("keys.txt", text.lines()).unwrap();
+        let a = keys.verify("ka").unwrap();
+        assert_eq!(a.default_project, "search");
+        assert_eq!(a.project(None), Some(Project("search".into())));
+        assert_eq!(a.project(Some("chat")), Some(Project("chat".into())));
+        assert_eq!(a.project(Some("billing")), None);
+        assert!(!a.admin);
+        let ops = keys.verify("ko").unwrap();
+        assert!(ops.admin);
+        assert_eq!(ops.project(None), Some(Project("default".into())));
+        assert_eq!(ops.project(Some("chat")), None);
+        assert_eq!(
+            keys.charges(),
+            [
+                ("team-a".to_string(), "search".to_string()),
+                ("team-a".into(), "chat".into()),
+                ("ops".into(), "default".into())
+            ]
+        );
+        assert_eq!(Grant::anonymous().project(Some("x")), None);
     }
 
     #[test]

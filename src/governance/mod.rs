@@ -1,8 +1,11 @@
-//! Who spends what: API keys and the tenants they name.
+//! Who spends what: API keys and the tenants they name, and the usage ledger that records what
+//! each request cost.
 //!
 //! A key's name is its tenant: the API attaches it to every request it admits, so that usage
-//! can be accounted per tenant. The store holds SHA-256 digests only, never a key itself.
+//! can be accounted per tenant. The key store holds SHA-256 digests only, never a key itself.
 
 pub mod keys;
+pub mod ledger;
+pub mod sqlite_store;
 
-pub use keys::{ApiKeys, KeysError, Tenant};
+pub use keys::{ApiKeys, Grant, KeysError, Project, Tenant};

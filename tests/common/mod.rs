@@ -99,6 +99,8 @@ pub struct TestServer {
     pub metrics_addr: Option<SocketAddr>,
     /// The gRPC listener, when `server.grpc_port` is set.
     pub grpc_addr: Option<SocketAddr>,
+    /// Holds the usage ledger's file (unless the test pointed it elsewhere).
+    _ledger_dir: tempfile::TempDir,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), wattserve::ServeError>>>,
 }
@@ -120,6 +122,9 @@ impl TestServer {
         config.server.port = 0;
         config.server.models_dir = models_dir();
         config.server.models = vec!["minilm".into()];
+        // Each server its own usage ledger, deleted with the server.
+        let ledger_dir = tempfile::tempdir().unwrap();
+        config.usage.path = ledger_dir.path().join("usage.sqlite");
         edit(&mut config);
         let mut entries =
             wattserve::repository::discover(&config.server.models_dir, &config.server.models)
@@ -137,6 +142,7 @@ impl TestServer {
             addr,
             metrics_addr,
             grpc_addr,
+            _ledger_dir: ledger_dir,
             stop: Some(tx),
             task: Some(task),
         };
@@ -161,6 +167,16 @@ impl TestServer {
     /// `http://addr{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// The text of `GET /metrics` (with `key` as a bearer token when given).
+    #[allow(dead_code)]
+    pub async fn metrics(&self, key: Option<&str>) -> String {
+        let mut req = reqwest::Client::new().get(self.url("/metrics"));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        req.send().await.unwrap().text().await.unwrap()
     }
 
     /// Graceful shutdown; returns the server's result.
@@ -223,4 +239,42 @@ pub async fn post_json(
     let text = resp.text().await.unwrap();
     let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, headers, v)
+}
+
+/// The hex SHA-256 of an API key: what a keys file holds.
+#[allow(dead_code)]
+pub fn sha256_hex(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The Python interpreter of a client venv: `$env_var` when set, else `target/VENV/bin/python`.
+/// When it is missing: `None` (a skip, with a line saying how to make it), or a failure under
+/// `CI=true`.
+#[allow(dead_code)]
+pub fn client_python(env_var: &str, venv: &str, make_target: &str) -> Option<PathBuf> {
+    let p = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target")
+                .join(venv)
+                .join("bin/python")
+        });
+    if p.is_file() {
+        return Some(p);
+    }
+    let msg = format!(
+        "no Python client at {}; run `make {make_target}` (make test does)",
+        p.display()
+    );
+    assert!(
+        !weights_required(),
+        "{msg} (CI=true: a missing client fails)"
+    );
+    eprintln!("SKIPPED: {msg}");
+    None
 }

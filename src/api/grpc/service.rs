@@ -16,12 +16,13 @@ use super::pb::infer_parameter::ParameterChoice;
 use crate::api::auth::Auth;
 use crate::api::handler::RequestMetrics;
 use crate::api::meta::readiness;
-use crate::api::usage::set_energy_headers;
+use crate::api::usage::{set_energy_headers, usage_record, RequestFacts};
 use crate::api::v2::infer::{self, InferRequest, Inferred};
 use crate::api::v2::params::Params;
 use crate::api::v2::rest::{model_readiness, ServerMetadata};
 use crate::api::v2::tensor::{DataType, Elements, InputTensor};
 use crate::api::{ApiError, AppState};
+use crate::governance::{Project, Tenant};
 
 /// The service, over the server's shared state.
 pub struct InferenceService {
@@ -39,9 +40,10 @@ impl InferenceService {
 /// attaches its tenant; refuses the others with `UNAUTHENTICATED`.
 pub fn admit(auth: &Auth, mut req: Request<()>) -> Result<Request<()>, Status> {
     let headers: HeaderMap = req.metadata().clone().into_headers();
-    match auth.admit("grpc", &headers) {
-        Ok(tenant) => {
-            req.extensions_mut().insert(tenant);
+    match auth.charge("grpc", &headers) {
+        Ok((grant, project)) => {
+            req.extensions_mut().insert(grant.tenant);
+            req.extensions_mut().insert(project);
             Ok(req)
         }
         Err(e) => {
@@ -289,28 +291,50 @@ impl GrpcInferenceService for InferenceService {
         req: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let _in_flight = crate::metrics::InFlight::enter("grpc_infer");
+        let tenant = req
+            .extensions()
+            .get::<Tenant>()
+            .map_or_else(|| "-".to_string(), |t| t.0.clone());
+        let project = req
+            .extensions()
+            .get::<Project>()
+            .map_or_else(|| "-".to_string(), |p| p.0.clone());
+        let request_id = req
+            .metadata()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty() && v.len() <= 128)
+            .map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), str::to_string);
         let req = req.into_inner();
         let state = &self.state;
         let metrics = RequestMetrics::start(state, &req.model_name, "grpc_infer");
         let started = metrics.started();
         let work = async {
             let out = infer::infer(state, decode(req)?).await?;
-            Ok::<_, ApiError>(encode(&out, started))
+            Ok::<_, ApiError>((encode(&out, started), out.report()))
         };
         let result = match tokio::time::timeout(state.limits().request_timeout(), work).await {
             Ok(r) => r,
             Err(_) => Err(ApiError::timeout(state.limits().request_timeout_ms)),
         };
-        match result {
-            Ok(resp) => {
-                metrics.finish_status(200);
-                Ok(resp)
-            }
-            Err(e) => {
-                metrics.finish_status(e.status.as_u16());
-                Err(status(e))
+        let code = result.as_ref().map_or_else(|e| e.status.as_u16(), |_| 200);
+        metrics.finish_status(code);
+        {
+            let facts = RequestFacts {
+                request_id,
+                tenant,
+                project,
+                endpoint: "grpc_infer",
+                status: code,
+                duration_ms: started.elapsed().as_secs_f64() * 1e3,
+            };
+            let report = result.as_ref().ok().map(|(_, r)| r.clone());
+            let record = usage_record(facts, report);
+            if let Some(usage) = state.usage() {
+                usage.ledger.record(record);
             }
         }
+        result.map(|(resp, _)| resp).map_err(status)
     }
 }
 

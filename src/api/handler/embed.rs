@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{find_model, tokenize_blocking, Serving};
-use crate::api::usage::{settle_energy, UsageEnergy};
+use crate::api::usage::{settle_energy, UsageEnergy, UsageReport};
 use crate::api::{ApiError, AppState};
 use crate::batch::{EmbedOutput, EmbeddingScheduler};
 use crate::config::Limits;
@@ -53,6 +53,17 @@ pub struct Embedded<'a> {
 }
 
 impl Embedded<'_> {
+    /// What the usage ledger records of it.
+    pub fn report(&self) -> UsageReport {
+        UsageReport::new(
+            self.model,
+            self.prompt_tokens,
+            0,
+            self.energy.as_ref(),
+            self.batch_size,
+        )
+    }
+
     /// The serving headers of the answer, `total` counted from `started`.
     pub fn serving(&self, started: Instant) -> Serving<'_> {
         Serving {

@@ -15,7 +15,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use super::{find_model, tokenize_blocking, Serving};
 use crate::api::openai::completions::validate::{self, FittingPrompt, Plan, Prompt};
 use crate::api::openai::completions::wire::{Endpoint, GenerationFields};
-use crate::api::usage::{settle_energy, UsageEnergy};
+use crate::api::usage::{settle_energy, UsageEnergy, UsageReport};
 use crate::api::{ApiError, AppState};
 use crate::batch::generation::{Finished, GenEvent, GenerationJob};
 use crate::engine::decoder::model::RenderChatError;
@@ -156,6 +156,17 @@ pub struct Completed<'a> {
 }
 
 impl Completed<'_> {
+    /// What the usage ledger records of it.
+    pub fn report(&self) -> UsageReport {
+        UsageReport::new(
+            self.model,
+            self.done.prompt_tokens,
+            self.done.completion_tokens,
+            self.energy.as_ref(),
+            self.done.max_batch,
+        )
+    }
+
     /// The serving headers of the answer, `total` counted from `started`.
     pub fn serving(&self, started: Instant) -> Serving<'_> {
         Serving {

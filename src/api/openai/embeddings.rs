@@ -150,11 +150,9 @@ async fn serve(
             energy: out.energy.clone(),
         },
     };
-    Ok(handler::metered_json(
-        body,
-        out.serving(started),
-        out.energy.as_ref(),
-    ))
+    let mut resp = handler::metered_json(body, out.serving(started), out.energy.as_ref());
+    resp.extensions_mut().insert(out.report());
+    Ok(resp)
 }
 
 /// Turns `input` into texts (a string or an array of strings), with an error naming the

@@ -19,7 +19,7 @@ use super::params::{self, Params};
 use super::rest::{read_v2_body, ModelPath};
 use crate::api::handler::generate::{self, EndReason, Submitted};
 use crate::api::handler::RequestMetrics;
-use crate::api::usage::settle_energy;
+use crate::api::usage::{settle_energy, PendingUsage, UsageReport};
 use crate::api::{ApiError, AppState};
 use crate::batch::generation::GenEvent;
 
@@ -100,6 +100,7 @@ pub async fn generate(
         if let Some(e) = &c.energy {
             crate::api::usage::set_energy_headers(resp.headers_mut(), e);
         }
+        resp.extensions_mut().insert(c.report());
         Ok::<_, Reply>(resp)
     };
     metrics.finish(within_timeout(&state, work).await)
@@ -119,9 +120,11 @@ pub async fn generate_stream(
         let first = s.first_event().await.map_err(Reply::from)?;
         let model = s.model.clone();
         let ending = generate::ending(&state, started);
-        let mut resp = Sse::new(events(first, s, ending))
+        let (usage_tx, usage_rx) = tokio::sync::oneshot::channel();
+        let mut resp = Sse::new(events(first, s, ending, usage_tx))
             .keep_alive(KeepAlive::default())
             .into_response();
+        resp.extensions_mut().insert(PendingUsage::new(usage_rx));
         crate::api::handler::Serving {
             model: &model,
             batch_size: None,
@@ -198,11 +201,14 @@ fn events(
     first: GenEvent,
     s: Submitted<'_>,
     ending: generate::Ending,
+    usage: tokio::sync::oneshot::Sender<UsageReport>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let model = s.model.clone();
+    let usage = std::sync::Arc::new(std::sync::Mutex::new(Some(usage)));
     let state = (Some(first), s.events, ending, false);
     futures_util::stream::unfold(state, move |(mut first, mut rx, mut ending, done)| {
         let model = model.clone();
+        let usage = usage.clone();
         async move {
             if done {
                 return None;
@@ -231,6 +237,16 @@ fn events(
                 Some(GenEvent::Finished(done)) => {
                     // The 200 is out: a meter that cannot settle leaves the energy out.
                     let energy = settle_energy(&model, &done.energy).await.ok().flatten();
+                    let sender = usage.lock().ok().and_then(|mut u| u.take());
+                    if let Some(tx) = sender {
+                        let _ = tx.send(UsageReport::new(
+                            &model,
+                            done.prompt_tokens,
+                            done.completion_tokens,
+                            energy.as_ref(),
+                            done.max_batch,
+                        ));
+                    }
                     let mut p = params::served(done.max_batch, model.precision, energy.as_ref());
                     p.insert("finish_reason".into(), Value::from(done.reason.as_str()));
                     (json_event(&piece(String::new(), Some(p))), true)

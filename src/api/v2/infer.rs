@@ -14,7 +14,7 @@ use super::tensor::{DataType, InputTensor, OutputData, OutputTensor};
 use crate::api::handler::embed::{self, InputNames};
 use crate::api::handler::{generate, Serving};
 use crate::api::openai::completions::wire::Endpoint;
-use crate::api::usage::UsageEnergy;
+use crate::api::usage::{UsageEnergy, UsageReport};
 use crate::api::{ApiError, AppState};
 use crate::registry::{ModelKind, ServedModel};
 
@@ -153,9 +153,24 @@ pub struct Inferred<'a> {
     pub batch_size: usize,
     /// The `server-timing` entries before `total`.
     pub timing: Vec<(&'static str, Duration)>,
+    /// Tokens read.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
 }
 
 impl Inferred<'_> {
+    /// What the usage ledger records of it.
+    pub fn report(&self) -> UsageReport {
+        UsageReport::new(
+            self.model,
+            self.prompt_tokens,
+            self.completion_tokens,
+            self.energy.as_ref(),
+            self.batch_size,
+        )
+    }
+
     /// The response `parameters`: how it was served and what it cost.
     pub fn parameters(&self) -> Params {
         params::served(self.batch_size, self.model.precision, self.energy.as_ref())
@@ -283,6 +298,8 @@ async fn embed_tensors<'a>(
         energy: out.energy,
         batch_size: out.batch_size,
         timing: vec![("queue", out.queue_time), ("compute", out.compute_time)],
+        prompt_tokens: out.prompt_tokens,
+        completion_tokens: 0,
     })
 }
 
@@ -304,6 +321,8 @@ async fn generate_tensors<'a>(
             data: OutputData::Bytes(vec![c.text.into_bytes()]),
         }],
         batch_size: c.done.max_batch,
+        prompt_tokens: c.done.prompt_tokens,
+        completion_tokens: c.done.completion_tokens,
         timing: vec![
             ("queue", c.done.queue_time),
             ("ttft", c.done.time_to_first_token),

@@ -393,6 +393,7 @@ fn respond(out: &Inferred<'_>, form: &OutputForm, started: Instant) -> Response 
     if let Some(e) = &out.energy {
         set_energy_headers(resp.headers_mut(), e);
     }
+    resp.extensions_mut().insert(out.report());
     debug_assert_eq!(resp.status(), StatusCode::OK);
     resp
 }

@@ -22,6 +22,7 @@ use serde_json::Value;
 use self::wire::{ChatRequest, CompletionRequest, CompletionResponse, Endpoint, ResponseId};
 use crate::api::handler::{self, generate, RequestMetrics, Serving};
 use crate::api::json::JsonBody;
+use crate::api::usage::PendingUsage;
 use crate::api::{ApiError, AppState};
 
 /// `POST /v1/chat/completions`.
@@ -81,11 +82,9 @@ async fn handle(
                 &c.done,
                 c.energy.clone(),
             );
-            Ok(handler::metered_json(
-                body,
-                c.serving(started),
-                c.energy.as_ref(),
-            ))
+            let mut resp = handler::metered_json(body, c.serving(started), c.energy.as_ref());
+            resp.extensions_mut().insert(c.report());
+            Ok(resp)
         }
     };
     handler::within_timeout(state, work).await
@@ -102,6 +101,7 @@ async fn stream(
 ) -> Result<Response, ApiError> {
     let first = s.first_event().await?;
     let rid = ResponseId::new(endpoint, &s.model.name);
+    let (usage_tx, usage_rx) = tokio::sync::oneshot::channel();
     let events = sse::events(
         first,
         s.events,
@@ -109,10 +109,12 @@ async fn stream(
         rid,
         s.plan.include_usage,
         generate::ending(state, started),
+        usage_tx,
     );
     let mut resp = Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response();
+    resp.extensions_mut().insert(PendingUsage::new(usage_rx));
     Serving {
         model: s.model,
         batch_size: None,

@@ -13,10 +13,11 @@ use axum::response::sse::Event;
 use futures_util::Stream;
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::oneshot;
 
 use super::wire::{Chunk, ChunkChoice, CompletionUsage, Endpoint, ResponseId, StreamError};
 use crate::api::handler::generate::{EndReason, Ending};
-use crate::api::usage::settle_energy;
+use crate::api::usage::{settle_energy, UsageEnergy, UsageReport};
 use crate::api::ApiError;
 use crate::batch::generation::GenEvent;
 use crate::registry::ServedModel;
@@ -30,6 +31,7 @@ pub fn events(
     rid: ResponseId,
     include_usage: bool,
     ending: Ending,
+    usage: oneshot::Sender<UsageReport>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let state = StreamState {
         first: Some(first),
@@ -38,6 +40,7 @@ pub fn events(
         rid,
         include_usage,
         ending,
+        usage: Some(usage),
         opened: false,
         closed: false,
         queued: VecDeque::new(),
@@ -78,6 +81,8 @@ struct StreamState {
     model: Arc<ServedModel>,
     rid: ResponseId,
     include_usage: bool,
+    /// Where the finished stream's usage goes (the ledger).
+    usage: Option<oneshot::Sender<UsageReport>>,
     /// Role chunk sent (chat).
     opened: bool,
     /// `[DONE]` queued: the stream ends once the queue is empty.
@@ -126,6 +131,15 @@ impl StreamState {
             Some(GenEvent::Finished(done)) => {
                 let last = self.chunk(ChunkChoice::finish(endpoint, done.reason.as_str()));
                 self.queued.push_back(last);
+                let report = |energy: Option<&UsageEnergy>, model: &ServedModel| {
+                    UsageReport::new(
+                        model,
+                        done.prompt_tokens,
+                        done.completion_tokens,
+                        energy,
+                        done.max_batch,
+                    )
+                };
                 if self.include_usage {
                     // The 200 is out: a meter that cannot settle leaves `energy` out rather
                     // than failing a completion that was delivered.
@@ -133,14 +147,30 @@ impl StreamState {
                         .await
                         .ok()
                         .flatten();
+                    if let Some(tx) = self.usage.take() {
+                        let _ = tx.send(report(energy.as_ref(), &self.model));
+                    }
                     let usage = Chunk::usage(&self.rid, CompletionUsage::new(&done, energy));
                     self.queued.push_back(data(&usage));
                 } else {
-                    // Nothing to tell the client, but the energy-per-request metric counts every
-                    // completion: settle off the stream, which ends now.
+                    // Nothing to tell the client, but the ledger and the energy-per-request
+                    // metric count every completion: settle off the stream, which ends now.
                     let model = self.model.clone();
+                    let usage = self.usage.take();
+                    let (prompt, completion, batch) =
+                        (done.prompt_tokens, done.completion_tokens, done.max_batch);
                     tokio::spawn(async move {
-                        let _ = settle_energy(&model, &done.energy).await;
+                        let energy = settle_energy(&model, &done.energy).await.ok().flatten();
+                        if let Some(tx) = usage {
+                            let r = UsageReport::new(
+                                &model,
+                                prompt,
+                                completion,
+                                energy.as_ref(),
+                                batch,
+                            );
+                            let _ = tx.send(r);
+                        }
                     });
                 }
                 self.finish();

@@ -1,0 +1,343 @@
+//! The usage ledger end to end: two tenants with their own keys drive traffic (embeddings, V2,
+//! a completion, a stream, an error); `/v1/usage` gives each tenant exactly what the metering
+//! headers told it, shows a key only its own tenant, and still does after a restart.
+
+mod common;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use common::{sha256_hex, TestServer};
+
+/// What a tenant was told it spent: requests, errors, joules, gCO2e, $.
+#[derive(Debug, Default, Clone, Copy)]
+struct Told {
+    requests: u64,
+    errors: u64,
+    joules: f64,
+    co2e: f64,
+    cost: f64,
+}
+
+impl Told {
+    fn add_headers(&mut self, h: &reqwest::header::HeaderMap) {
+        let f = |name: &str| -> f64 { h[name].to_str().unwrap().parse().unwrap() };
+        self.requests += 1;
+        self.joules += f("x-energy-joules");
+        self.co2e += f("x-co2e-grams");
+        self.cost += f("x-cost-usd");
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-3 * a.abs().max(b.abs()).max(1e-12)
+}
+
+async fn post(
+    s: &TestServer,
+    key: &str,
+    path: &str,
+    body: Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
+    let r = reqwest::Client::new()
+        .post(s.url(path))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    (status, headers, r.text().await.unwrap())
+}
+
+async fn usage(s: &TestServer, key: &str, query: &str) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .get(s.url(&format!("/v1/usage?{query}")))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Polls `/v1/usage` for `key` until it counts `told.requests` (a stream's record is handed to
+/// the ledger as its stream ends, a moment after the client read it), then checks the totals.
+async fn assert_usage(s: &TestServer, key: &str, tenant: &str, told: Told) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let (status, v) = usage(s, key, "group_by=tenant").await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(v["tenant"], tenant, "{v}");
+        let data = v["data"].as_array().unwrap();
+        assert!(data.len() <= 1, "a key sees only its own tenant: {v}");
+        let requests = data.first().map_or(0, |r| r["requests"].as_u64().unwrap());
+        if requests >= told.requests || Instant::now() > deadline {
+            break data.first().cloned().unwrap_or(Value::Null);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(row["tenant"], tenant, "{row}");
+    assert_eq!(row["requests"], told.requests, "{row}");
+    assert_eq!(row["errors"], told.errors, "{row}");
+    let (j, g, c) = (
+        row["joules"].as_f64().unwrap(),
+        row["co2e_grams"].as_f64().unwrap(),
+        row["cost_usd"].as_f64().unwrap(),
+    );
+    assert!(
+        close(j, told.joules),
+        "{tenant}: ledger {j} J, headers {} J",
+        told.joules
+    );
+    assert!(
+        close(g, told.co2e),
+        "{tenant}: ledger {g} g, headers {} g",
+        told.co2e
+    );
+    assert!(
+        close(c, told.cost),
+        "{tenant}: ledger ${c}, headers ${}",
+        told.cost
+    );
+    assert!(close(row["kwh"].as_f64().unwrap(), j / 3.6e6), "{row}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_sees_what_it_was_told_it_spent_across_a_restart() {
+    if !common::smollm2_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("usage.sqlite");
+    let keys = dir.path().join("keys");
+    let mut f = std::fs::File::create(&keys).unwrap();
+    writeln!(
+        f,
+        "team-a {}\nteam-b {}",
+        sha256_hex("sk-a"),
+        sha256_hex("sk-b")
+    )
+    .unwrap();
+    let config = |ledger: std::path::PathBuf, keys: std::path::PathBuf| {
+        move |c: &mut wattserve::config::Config| {
+            c.server.models = vec!["minilm".into(), "smollm2".into()];
+            c.auth.keys_file = Some(keys);
+            c.usage.path = ledger;
+            // A long interval: the records a query reads were flushed by the query itself.
+            c.usage.flush_interval_ms = 60_000;
+        }
+    };
+    let s = TestServer::start(config(ledger.clone(), keys.clone())).await;
+
+    // team-a: embeddings (one and two inputs) and a V2 infer.
+    let mut a = Told::default();
+    for input in [json!("hello"), json!(["one", "two"]), json!("three")] {
+        let (status, h, body) = post(
+            &s,
+            "sk-a",
+            "/v1/embeddings",
+            json!({"model": "minilm", "input": input}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        a.add_headers(&h);
+    }
+    let v2 =
+        json!({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["v2"]}]});
+    let (status, h, body) = post(&s, "sk-a", "/v2/models/minilm/infer", v2).await;
+    assert_eq!(status, 200, "{body}");
+    a.add_headers(&h);
+
+    // team-b: an embedding, a completion, a stream (its energy in the usage chunk), an error.
+    let mut b = Told::default();
+    let (status, h, body) = post(
+        &s,
+        "sk-b",
+        "/v1/embeddings",
+        json!({"model": "minilm", "input": "bee"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    b.add_headers(&h);
+    let (status, h, body) = post(
+        &s,
+        "sk-b",
+        "/v1/completions",
+        json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 4}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    b.add_headers(&h);
+    let (status, _, body) = post(
+        &s,
+        "sk-b",
+        "/v1/completions",
+        json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 4, "stream": true,
+               "stream_options": {"include_usage": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let usage_chunk: Value = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .find(|c| !c["usage"].is_null())
+        .expect("a usage chunk");
+    let e = &usage_chunk["usage"]["energy"];
+    b.requests += 1;
+    b.joules += e["joules"].as_f64().unwrap();
+    b.co2e += e["co2e_grams"].as_f64().unwrap();
+    b.cost += e["cost_usd"].as_f64().unwrap();
+    let (status, _, _) = post(
+        &s,
+        "sk-b",
+        "/v1/embeddings",
+        json!({"model": "no-such-model", "input": "x"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+    b.requests += 1;
+    b.errors += 1;
+
+    assert_usage(&s, "sk-a", "team-a", a).await;
+    assert_usage(&s, "sk-b", "team-b", b).await;
+
+    // Grouping by model and a bad dimension.
+    let (status, v) = usage(&s, "sk-b", "group_by=model").await;
+    assert_eq!(status, 200);
+    let models: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["minilm", "smollm2", "unknown"], "{v}");
+    let smollm2 = &v["data"][1];
+    assert!(smollm2["completion_tokens"].as_u64().unwrap() > 0, "{v}");
+    let (status, v) = usage(&s, "sk-a", "group_by=zone").await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(v["error"]["param"], "group_by");
+
+    // A clean restart keeps everything (the records were flushed on shutdown).
+    s.stop().await.unwrap();
+    let s = TestServer::start(config(ledger, keys)).await;
+    assert_usage(&s, "sk-a", "team-a", a).await;
+    assert_usage(&s, "sk-b", "team-b", b).await;
+    s.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projects_are_charged_as_keys_allow_and_admins_see_every_tenant() {
+    if !common::minilm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let mut f = std::fs::File::create(&keys).unwrap();
+    writeln!(
+        f,
+        "team-c {} project=search project=chat default-project=search\nteam-d {}\nops {} admin",
+        sha256_hex("sk-c"),
+        sha256_hex("sk-d"),
+        sha256_hex("sk-ops")
+    )
+    .unwrap();
+    let s = TestServer::start(move |c| c.auth.keys_file = Some(keys)).await;
+    let embed = |key: &'static str, project: Option<&'static str>| {
+        let mut req = reqwest::Client::new()
+            .post(s.url("/v1/embeddings"))
+            .bearer_auth(key)
+            .json(&json!({"model": "minilm", "input": "hello"}));
+        if let Some(p) = project {
+            req = req.header("x-wattserve-project", p);
+        }
+        req.send()
+    };
+    let mut joules = std::collections::HashMap::new();
+    for (key, project, charged) in [
+        ("sk-c", None, "search"),
+        ("sk-c", Some("chat"), "chat"),
+        ("sk-c", Some("chat"), "chat"),
+        ("sk-d", None, "default"),
+    ] {
+        let r = embed(key, project).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let j: f64 = r.headers()["x-energy-joules"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        *joules.entry(charged).or_insert(0.0) += j;
+    }
+    // A project the key may not charge: 403 before any compute, naming the allowed ones.
+    let r = embed("sk-c", Some("billing")).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "project_not_allowed", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains("search, chat"), "{message}");
+    let r = embed("sk-d", Some("search")).await.unwrap();
+    assert_eq!(r.status(), 403);
+
+    let (status, v) = usage(&s, "sk-c", "group_by=project").await;
+    assert_eq!(status, 200, "{v}");
+    let rows: Vec<(String, u64, f64)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["project"].as_str().unwrap().to_string(),
+                r["requests"].as_u64().unwrap(),
+                r["joules"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    // The refusal is the tenant's, charged to no project (`-`), and cost nothing.
+    assert_eq!(rows.len(), 3, "{v}");
+    assert_eq!((rows[0].0.as_str(), rows[0].1, rows[0].2), ("-", 1, 0.0));
+    assert_eq!(v["data"][0]["errors"], 1);
+    assert_eq!((rows[1].0.as_str(), rows[1].1), ("chat", 2));
+    assert_eq!((rows[2].0.as_str(), rows[2].1), ("search", 1));
+    assert!(close(rows[1].2, joules["chat"]), "{rows:?} {joules:?}");
+    assert!(close(rows[2].2, joules["search"]), "{rows:?} {joules:?}");
+    // The admin key sees every tenant (or the one it names); others only their own.
+    let (_, v) = usage(&s, "sk-ops", "group_by=tenant").await;
+    let tenants: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tenant"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["team-c", "team-d"], "{v}");
+    let (_, v) = usage(&s, "sk-ops", "group_by=tenant&tenant=team-d").await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
+    let (_, v) = usage(&s, "sk-d", "group_by=tenant&tenant=team-c").await;
+    assert_eq!(
+        v["data"][0]["tenant"], "team-d",
+        "a non-admin key cannot name another tenant: {v}"
+    );
+
+    // The per-tenant counters say the same.
+    let m = s.metrics(Some("sk-ops")).await;
+    let chat = common::metric_sum(
+        &m,
+        "wattserve_tenant_energy_joules_total",
+        "tenant=\"team-c\",project=\"chat\"",
+    );
+    assert!(close(chat, joules["chat"]), "{chat} vs {joules:?}\n{m}");
+    let refused = common::metric_sum(
+        &m,
+        "wattserve_tenant_requests_total",
+        "tenant=\"team-c\",project=\"-\"",
+    );
+    assert_eq!(
+        refused, 1.0,
+        "a refused project is counted for its tenant, charged to none"
+    );
+    s.stop().await.unwrap();
+}
