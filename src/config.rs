@@ -68,6 +68,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The usage ledger.
     pub usage: UsageConfig,
+    /// The energy label's thresholds.
+    pub energy_class: crate::meter::class::ClassConfig,
+    /// Spending limits per tenant or project (`[[budgets]]`).
+    pub budgets: Vec<crate::governance::budgets::BudgetConfig>,
 }
 
 /// `[usage]`: the durable usage ledger (one record per finished request) behind `/v1/usage`.
@@ -402,6 +406,18 @@ impl Config {
         }
         if self.limits.max_body_bytes == 0 {
             return Err(invalid("limits.max_body_bytes", "must be at least 1"));
+        }
+        self.energy_class
+            .check()
+            .map_err(|m| invalid("energy_class", &m))?;
+        for b in &self.budgets {
+            b.check().map_err(|m| invalid("budgets", &m))?;
+        }
+        if !self.budgets.is_empty() && !self.usage.enabled {
+            return Err(invalid(
+                "budgets",
+                "budgets need the usage ledger (usage.enabled = true) to survive restarts",
+            ));
         }
         if self.usage.enabled && !(1..=60_000).contains(&self.usage.flush_interval_ms) {
             return Err(invalid(

@@ -77,6 +77,9 @@ pub const TENANT_CO2E: &str = "wattserve_tenant_co2e_grams_total";
 /// US dollars by tenant, project and model.
 pub const TENANT_COST: &str = "wattserve_tenant_cost_usd_total";
 
+/// Requests refused because a budget was used up, by tenant.
+pub const BUDGET_REFUSALS: &str = "wattserve_budget_refusals_total";
+
 /// Fractional counters (joules, grams, dollars): the `metrics` facade counts in integers, so these
 /// are kept here and rendered beside the exporter's output.
 static FLOATS: Mutex<BTreeMap<(&'static str, String), f64>> = Mutex::new(BTreeMap::new());
@@ -375,6 +378,11 @@ pub fn record_tenant_usage(u: &TenantUsage<'_>) {
     add_float(TENANT_ENERGY, &labels, u.joules);
     add_float(TENANT_CO2E, &labels, u.co2e_grams);
     add_float(TENANT_COST, &labels, u.cost_usd);
+}
+
+/// Counts a request refused for `tenant`'s used-up budget.
+pub fn record_budget_refusal(tenant: &str) {
+    counter!(BUDGET_REFUSALS, "tenant" => tenant.to_string()).increment(1);
 }
 
 /// One inference request in flight: counted in `wattserve_requests_in_flight{endpoint}` from

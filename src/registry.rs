@@ -47,6 +47,9 @@ pub struct ServedModel {
     pub meter: Option<Arc<Meter>>,
     /// Bytes of weights held in the served precision.
     pub weight_bytes: usize,
+    /// Joules and thousands of units of work (input tokens for embeddings, output tokens for
+    /// generation) of the requests settled so far: the model's energy label.
+    pub energy_so_far: std::sync::Mutex<(f64, f64)>,
 }
 
 /// What a served model does.
@@ -76,6 +79,37 @@ pub struct GenerationServing {
 }
 
 impl ServedModel {
+    /// Adds a settled request's joules and work to the model's totals.
+    pub fn add_energy(&self, joules: f64, work: crate::meter::class::Work) {
+        let k = match work {
+            crate::meter::class::Work::Embedding { input_tokens } => input_tokens,
+            crate::meter::class::Work::Generation { output_tokens } => output_tokens,
+        } as f64
+            / 1000.0;
+        if let Ok(mut e) = self.energy_so_far.lock() {
+            e.0 += joules;
+            e.1 += k;
+        }
+    }
+
+    /// The model's energy class over the requests settled so far, and its joules per 1,000
+    /// units of work; `None` before any, or when not metered.
+    pub fn energy_label(&self) -> Option<(&'static str, f64)> {
+        let meter = self.meter.as_ref()?;
+        let (joules, k) = *self.energy_so_far.lock().ok()?;
+        if k <= 0.0 {
+            return None;
+        }
+        let work = match self.kind {
+            ModelKind::Embedding(_) => crate::meter::class::Work::Embedding { input_tokens: 1000 },
+            ModelKind::Generation(_) => crate::meter::class::Work::Generation {
+                output_tokens: 1000,
+            },
+        };
+        let per_1k = joules / k;
+        Some((meter.pricing().classes.energy_class(work, per_1k)?, per_1k))
+    }
+
     /// The embedding side, when this is an embedding model.
     pub fn embedding(&self) -> Option<&EmbeddingServing> {
         match &self.kind {
@@ -121,7 +155,10 @@ impl Registry {
     pub fn load(entries: &[ModelEntry], config: &Config) -> Result<Self, LoadError> {
         let mut models = BTreeMap::new();
         let mut meters: HashMap<DeviceSpec, Arc<Meter>> = HashMap::new();
-        let pricing = Arc::new(Pricing::from_config(&config.carbon, &config.cost));
+        let pricing = Arc::new(
+            Pricing::from_config(&config.carbon, &config.cost)
+                .with_classes(config.energy_class.clone()),
+        );
         for entry in entries {
             let meter =
                 if config.energy.enabled && entry.metered {
@@ -233,6 +270,7 @@ fn load_one(entry: &ModelEntry, meter: Option<Arc<Meter>>) -> Result<ServedModel
         load_time,
         meter,
         weight_bytes,
+        energy_so_far: std::sync::Mutex::new((0.0, 0.0)),
     };
     tracing::info!(
         model = %spec.name,

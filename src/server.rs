@@ -19,7 +19,8 @@ pub use listener::{ConnectionLimits, Drained};
 use crate::api::auth::Auth;
 use crate::api::{router, AppState, UsageBackend};
 use crate::config::{Config, ConfigError, ServerConfig};
-use crate::governance::ledger::{Ledger, LedgerError, LedgerWriter};
+use crate::governance::budgets::{BudgetConfig, Budgets, Spent};
+use crate::governance::ledger::{now_ms, Ledger, LedgerError, LedgerWriter, UsageQuery};
 use crate::governance::sqlite_store::{SqliteReader, SqliteStore};
 use crate::governance::ApiKeys;
 use crate::registry::{LoadError, Registry};
@@ -102,7 +103,7 @@ impl Server {
             .map_err(|source| ServeError::Bind { addr, source })?;
         let metrics_listener = bind_port(&config.server.host, config.server.metrics_port).await?;
         let grpc_listener = bind_port(&config.server.host, config.server.grpc_port).await?;
-        let (usage, ledger_writer) = open_usage(&config.usage)?;
+        let (usage, ledger_writer) = open_usage(config)?;
         Ok(Self {
             listener,
             metrics_listener,
@@ -264,9 +265,8 @@ impl Server {
 }
 
 /// Opens the usage ledger (`usage.enabled`): the SQLite store, its writer thread and a reader.
-fn open_usage(
-    config: &crate::config::UsageConfig,
-) -> Result<(Option<UsageBackend>, Option<LedgerWriter>), ServeError> {
+fn open_usage(whole: &Config) -> Result<(Option<UsageBackend>, Option<LedgerWriter>), ServeError> {
+    let config = &whole.usage;
     if !config.enabled {
         tracing::info!("usage ledger off (usage.enabled = false): /v1/usage answers 400");
         return Ok((None, None));
@@ -284,10 +284,35 @@ fn open_usage(
         flush_interval_ms = config.flush_interval_ms,
         "usage ledger"
     );
+    let budgets = (!whole.budgets.is_empty()).then(|| {
+        // What each budget has already spent this period, from the ledger.
+        let spent = |b: &BudgetConfig, since: i64| {
+            let q = UsageQuery {
+                from_ms: since,
+                to_ms: i64::MAX,
+                group_by: Vec::new(),
+                tenant: Some(b.tenant.clone()),
+                project: b.project.clone(),
+            };
+            match reader.totals(&q) {
+                Ok(t) => t.first().map_or(Spent::default(), |t| Spent {
+                    usd: t.cost_usd,
+                    joules: t.joules,
+                    gco2e: t.co2e_grams,
+                }),
+                Err(e) => {
+                    tracing::error!(budget = %b.name(), "cannot restore spending: {e}");
+                    Spent::default()
+                }
+            }
+        };
+        std::sync::Arc::new(Budgets::new(&whole.budgets, now_ms(), spent))
+    });
     Ok((
         Some(UsageBackend {
             ledger,
             reader: std::sync::Arc::new(reader),
+            budgets,
         }),
         Some(writer),
     ))

@@ -341,3 +341,65 @@ async fn projects_are_charged_as_keys_allow_and_admins_see_every_tenant() {
     );
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_gets_a_worse_carbon_class_on_a_dirtier_grid() {
+    if !common::minilm_available() {
+        return;
+    }
+    let class_of = |c: char| "ABCDE".find(c).unwrap();
+    let mut carbon = Vec::new();
+    for intensity in [900.0, 30.0] {
+        let s = TestServer::start(move |c| {
+            c.energy.source = wattserve::config::SourceChoice::Estimate;
+            c.carbon.intensity = Some(intensity);
+            c.carbon.embodied_kgco2e = 0.0;
+        })
+        .await;
+        let text = "a sentence of a dozen or so tokens, embedded for its label";
+        let r = reqwest::Client::new()
+            .post(s.url("/v1/embeddings"))
+            .json(&json!({"model": "minilm", "input": text}))
+            .send()
+            .await
+            .unwrap();
+        let h = r.headers().clone();
+        let v: Value = r.json().await.unwrap();
+        let energy = &v["usage"]["energy"];
+        let class = h["x-energy-class"]
+            .to_str()
+            .unwrap()
+            .chars()
+            .next()
+            .unwrap();
+        assert_eq!(energy["class"], class.to_string(), "{v}");
+        let carbon_class = h["x-carbon-class"]
+            .to_str()
+            .unwrap()
+            .chars()
+            .next()
+            .unwrap();
+        assert_eq!(energy["carbon_class"], carbon_class.to_string(), "{v}");
+        // The label over the model's requests so far.
+        let m: Value = reqwest::get(s.url("/v1/models/minilm"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(m["energy_class"].is_string(), "{m}");
+        assert!(m["joules_per_1k_tokens"].as_f64().unwrap() > 0.0, "{m}");
+        // Joules per 1k tokens and grams per 1k tokens at this grid.
+        let tokens = v["usage"]["prompt_tokens"].as_f64().unwrap();
+        let g_per_1k = energy["co2e_grams"].as_f64().unwrap() / tokens * 1000.0;
+        carbon.push((class_of(carbon_class), g_per_1k, class_of(class)));
+        s.stop().await.unwrap();
+    }
+    let (dirty, clean) = (carbon[0], carbon[1]);
+    // 30 times the intensity: at least two classes apart (each class is 4x), unless the
+    // energy itself differed between the two runs by more than that.
+    assert!(
+        dirty.0 > clean.0,
+        "carbon class {dirty:?} on a 900 g/kWh grid vs {clean:?} on 30 g/kWh"
+    );
+}

@@ -155,6 +155,18 @@ impl ApiError {
         .with_param("x-wattserve-project")
     }
 
+    /// 429 for a request whose budget is used up: names the budget, what was used and when it
+    /// resets; `Retry-After` says how long that is.
+    pub fn budget_exceeded(budget: &str, used: &str, resets: &str, retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "budget_exceeded",
+            format!("The {budget} is used up ({used}); it resets at {resets}"),
+        );
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     /// 404 for a path no route serves.
     pub fn no_route(path: &str) -> Self {
         Self::new(

@@ -27,6 +27,12 @@ pub struct ModelCard {
     energy_source: &'static str,
     /// Bytes of weights held in the served precision.
     weights_bytes: usize,
+    /// The model's energy label over the requests served so far (A–E).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    energy_class: Option<&'static str>,
+    /// Its joules per 1,000 input (embeddings) or output (generation) tokens so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    joules_per_1k_tokens: Option<f64>,
 }
 
 impl ModelCard {
@@ -44,6 +50,8 @@ impl ModelCard {
             load_time_ms: m.load_time.as_millis() as u64,
             energy_source: m.meter.as_ref().map_or("none", |m| m.method()),
             weights_bytes: m.weight_bytes,
+            energy_class: m.energy_label().map(|l| l.0),
+            joules_per_1k_tokens: m.energy_label().map(|l| l.1),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! model's scheduler and turns what comes back into OpenAI-shaped JSON.
 
 pub mod auth;
+pub mod budget;
 pub mod error;
 pub mod grpc;
 pub mod handler;
@@ -57,6 +58,8 @@ pub struct UsageBackend {
     pub ledger: crate::governance::ledger::Ledger,
     /// `/v1/usage` reads here.
     pub reader: Arc<crate::governance::sqlite_store::SqliteReader>,
+    /// The budgets and their spending; `None` without `[[budgets]]`.
+    pub budgets: Option<Arc<crate::governance::budgets::Budgets>>,
 }
 
 impl AppState {
@@ -162,6 +165,10 @@ pub fn router(state: AppState) -> Router {
             ApiError::method_not_allowed().into_response_for(uri.path())
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            budget::enforce,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.auth().clone(),
             auth::require_key,

@@ -133,10 +133,13 @@ fn record_usage(
         status,
         duration_ms: started.elapsed().as_secs_f64() * 1e3,
     };
-    let ledger = usage.map(|u| u.ledger.clone());
-    let keep = move |record| {
-        if let Some(l) = ledger {
-            l.record(record);
+    let usage = usage.cloned();
+    let keep = move |record: crate::governance::ledger::UsageRecord| {
+        if let Some(u) = usage {
+            if let Some(b) = &u.budgets {
+                b.spend_record(&record);
+            }
+            u.ledger.record(record);
         }
     };
     match pending.and_then(|p| p.take()) {

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 
 use super::ApiError;
 use crate::governance::ledger::UsageRecord;
+use crate::meter::class::Work;
 use crate::meter::EnergyShare;
 use crate::registry::ServedModel;
 
@@ -148,6 +149,13 @@ pub struct UsageEnergy {
     pub carbon_intensity_g_per_kwh: f64,
     /// Zone the intensity came from (`custom` when set explicitly).
     pub zone: String,
+    /// The energy label, A (best) to E: joules per 1,000 input tokens (embeddings) or output
+    /// tokens (generation) against the thresholds of docs/energy.md.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<&'static str>,
+    /// The same from grams of CO2e: tells grid zones apart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub carbon_class: Option<&'static str>,
 }
 
 /// Waits for the request's shares of its batches to be final and prices them; `None` when the
@@ -155,6 +163,7 @@ pub struct UsageEnergy {
 pub async fn settle_energy(
     model: &ServedModel,
     shares: &[EnergyShare],
+    work: Work,
 ) -> Result<Option<UsageEnergy>, ApiError> {
     let Some(meter) = &model.meter else {
         return Ok(None);
@@ -174,14 +183,18 @@ pub async fn settle_energy(
     };
     let p = meter.pricing();
     crate::metrics::record_request_energy(&model.name, a.joules);
+    model.add_energy(a.joules, work);
+    let co2e_grams = p.co2e_grams(a.joules, a.device_seconds);
     Ok(Some(UsageEnergy {
         joules: a.joules,
         source,
         avg_watts: a.avg_watts,
-        co2e_grams: p.co2e_grams(a.joules, a.device_seconds),
+        co2e_grams,
         cost_usd: p.cost_usd(a.joules, a.device_seconds),
         carbon_intensity_g_per_kwh: p.intensity_g_per_kwh,
         zone: p.zone.clone(),
+        class: p.classes.energy_class(work, a.joules),
+        carbon_class: p.classes.carbon_class(work, co2e_grams),
     }))
 }
 
@@ -194,8 +207,10 @@ pub fn put_header(h: &mut HeaderMap, name: &'static str, value: String) {
 
 /// The names of the metering headers [`set_energy_headers`] writes (gRPC sends them as trailing
 /// metadata).
-pub const ENERGY_HEADERS: [&str; 7] = [
+pub const ENERGY_HEADERS: [&str; 9] = [
     "x-energy-joules",
+    "x-energy-class",
+    "x-carbon-class",
     "x-energy-source",
     "x-power-watts",
     "x-co2e-grams",
@@ -218,4 +233,10 @@ pub fn set_energy_headers(h: &mut HeaderMap, e: &UsageEnergy) {
     );
     put("x-carbon-zone", e.zone.clone());
     put("x-cost-usd", format!("{}", e.cost_usd));
+    if let Some(c) = e.class {
+        put("x-energy-class", c.to_string());
+    }
+    if let Some(c) = e.carbon_class {
+        put("x-carbon-class", c.to_string());
+    }
 }

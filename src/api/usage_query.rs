@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{ApiError, AppState};
+use crate::governance::budgets::days_from_civil;
 use crate::governance::ledger::{now_ms, Dimension, UsageQuery, UsageTotals};
 use crate::governance::Grant;
 
@@ -38,17 +39,6 @@ struct UsageResponse {
 
 fn bad(param: &str, message: String) -> ApiError {
     ApiError::bad_request("invalid_value", message).with_param(param.to_string())
-}
-
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// A time given as Unix seconds, `YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SSZ` (UTC), in ms.
@@ -124,6 +114,7 @@ fn parse_query(params: &HashMap<String, String>, now: i64) -> Result<UsageQuery,
         to_ms,
         group_by,
         tenant: None,
+        project: None,
     })
 }
 

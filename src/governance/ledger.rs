@@ -61,6 +61,8 @@ pub struct UsageQuery {
     pub group_by: Vec<Dimension>,
     /// Only this tenant's records, when set.
     pub tenant: Option<String>,
+    /// Only this project's records, when set.
+    pub project: Option<String>,
 }
 
 /// A dimension usage can be grouped by.

@@ -4,6 +4,7 @@
 //! A key's name is its tenant: the API attaches it to every request it admits, so that usage
 //! can be accounted per tenant. The key store holds SHA-256 digests only, never a key itself.
 
+pub mod budgets;
 pub mod keys;
 pub mod ledger;
 pub mod sqlite_store;

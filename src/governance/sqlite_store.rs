@@ -156,7 +156,8 @@ impl SqliteReader {
         let sql = format!(
             "SELECT {select_keys} COUNT(*), SUM(status >= 400), SUM(prompt_tokens),
                     SUM(completion_tokens), SUM(joules), SUM(co2e_grams), SUM(cost_usd)
-             FROM requests WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR tenant = ?3){group}"
+             FROM requests WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR tenant = ?3)
+               AND (?4 IS NULL OR project = ?4){group}"
         );
         let conn = self
             .conn
@@ -165,7 +166,7 @@ impl SqliteReader {
         let mut stmt = conn.prepare_cached(&sql).map_err(err)?;
         let n = keys.len();
         let rows = stmt
-            .query_map(params![q.from_ms, q.to_ms, q.tenant], |row| {
+            .query_map(params![q.from_ms, q.to_ms, q.tenant, q.project], |row| {
                 let mut key = Vec::with_capacity(n);
                 for i in 0..n {
                     key.push(row.get::<_, String>(i)?);
@@ -238,6 +239,7 @@ mod tests {
             to_ms: t0 + 2 * day,
             group_by: vec![],
             tenant: None,
+            project: None,
         };
         let t = reader.totals(&all).unwrap();
         assert_eq!(t.len(), 1);

@@ -6,6 +6,7 @@
 //! for the counter to move), so that idle energy is accounted and slow counters settle. The API
 //! awaits each request's [`EnergyShare`]s and prices the sum with [`pricing::Pricing`].
 
+pub mod class;
 pub mod cputime;
 pub mod estimate;
 pub mod ledger;

@@ -24,6 +24,8 @@ pub struct Pricing {
     pub hardware_usd_per_hour: f64,
     /// Embodied gCO2e per device-second.
     pub embodied_g_per_second: f64,
+    /// The energy label's thresholds.
+    pub classes: super::class::ClassConfig,
 }
 
 impl Pricing {
@@ -43,7 +45,14 @@ impl Pricing {
             usd_per_kwh: cost.electricity_usd_per_kwh,
             hardware_usd_per_hour: cost.hardware_usd_per_hour,
             embodied_g_per_second: carbon.embodied_kgco2e * 1000.0 / lifetime_s,
+            classes: super::class::ClassConfig::default(),
         }
+    }
+
+    /// The same with the energy label's thresholds `classes`.
+    pub fn with_classes(mut self, classes: super::class::ClassConfig) -> Self {
+        self.classes = classes;
+        self
     }
 
     /// gCO2e of `joules` of device energy and `device_seconds` of device time.

@@ -66,7 +66,8 @@ pub fn status(e: ApiError) -> Status {
         404 => Code::NotFound,
         405 => Code::Unimplemented,
         408 | 504 => Code::DeadlineExceeded,
-        429 | 503 => Code::Unavailable,
+        429 => Code::ResourceExhausted,
+        503 => Code::Unavailable,
         _ => Code::Internal,
     };
     Status::new(code, e.message)
@@ -309,7 +310,11 @@ impl GrpcInferenceService for InferenceService {
         let state = &self.state;
         let metrics = RequestMetrics::start(state, &req.model_name, "grpc_infer");
         let started = metrics.started();
+        let budgets = state.usage().and_then(|u| u.budgets.clone());
         let work = async {
+            if let Some(b) = &budgets {
+                crate::api::budget::check(b, &tenant, &project)?;
+            }
             let out = infer::infer(state, decode(req)?).await?;
             Ok::<_, ApiError>((encode(&out, started), out.report()))
         };
@@ -331,6 +336,9 @@ impl GrpcInferenceService for InferenceService {
             let report = result.as_ref().ok().map(|(_, r)| r.clone());
             let record = usage_record(facts, report);
             if let Some(usage) = state.usage() {
+                if let Some(b) = &usage.budgets {
+                    b.spend_record(&record);
+                }
                 usage.ledger.record(record);
             }
         }

@@ -11,6 +11,7 @@ use crate::api::{ApiError, AppState};
 use crate::batch::{EmbedOutput, EmbeddingScheduler};
 use crate::config::Limits;
 use crate::engine::{EmbeddingTokenizer, TokenizeError};
+use crate::meter::class::Work;
 use crate::registry::{EmbeddingServing, ServedModel};
 
 /// How a protocol names its inputs in errors: the field or tensor (`input`, `text`) and, for a
@@ -95,7 +96,10 @@ pub async fn embed<'a>(
     let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
     crate::metrics::record_tokens(&model.name, "prompt", prompt_tokens);
     let output = run(&emb.scheduler, ids).await?;
-    let energy = settle_energy(model, &output.energy).await?;
+    let work = Work::Embedding {
+        input_tokens: prompt_tokens,
+    };
+    let energy = settle_energy(model, &output.energy, work).await?;
     Ok(Embedded {
         model,
         vectors: output.embeddings,

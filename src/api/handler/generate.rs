@@ -20,6 +20,7 @@ use crate::api::{ApiError, AppState};
 use crate::batch::generation::{Finished, GenEvent, GenerationJob};
 use crate::engine::decoder::model::RenderChatError;
 use crate::engine::GenerationModel;
+use crate::meter::class::Work;
 use crate::registry::{GenerationServing, ServedModel};
 
 /// A request ready to queue: its model, options and prompt, all checked.
@@ -133,7 +134,10 @@ impl<'a> Submitted<'a> {
                 None => return Err(ApiError::internal("the compute thread stopped")),
             }
         };
-        let energy = settle_energy(self.model, &done.energy).await?;
+        let work = Work::Generation {
+            output_tokens: done.completion_tokens,
+        };
+        let energy = settle_energy(self.model, &done.energy, work).await?;
         Ok(Completed {
             model: self.model,
             text,

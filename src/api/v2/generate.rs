@@ -22,6 +22,7 @@ use crate::api::handler::RequestMetrics;
 use crate::api::usage::{settle_energy, PendingUsage, UsageReport};
 use crate::api::{ApiError, AppState};
 use crate::batch::generation::GenEvent;
+use crate::meter::class::Work;
 
 /// A generate request: the prompt and the parameters (top-level keys other than `text_input`
 /// and `parameters` count as parameters; `parameters` wins over them).
@@ -236,7 +237,13 @@ fn events(
                 Some(GenEvent::Text(text)) => (json_event(&piece(text, None)), false),
                 Some(GenEvent::Finished(done)) => {
                     // The 200 is out: a meter that cannot settle leaves the energy out.
-                    let energy = settle_energy(&model, &done.energy).await.ok().flatten();
+                    let work = Work::Generation {
+                        output_tokens: done.completion_tokens,
+                    };
+                    let energy = settle_energy(&model, &done.energy, work)
+                        .await
+                        .ok()
+                        .flatten();
                     let sender = usage.lock().ok().and_then(|mut u| u.take());
                     if let Some(tx) = sender {
                         let _ = tx.send(UsageReport::new(

@@ -20,6 +20,7 @@ use crate::api::handler::generate::{EndReason, Ending};
 use crate::api::usage::{settle_energy, UsageEnergy, UsageReport};
 use crate::api::ApiError;
 use crate::batch::generation::GenEvent;
+use crate::meter::class::Work;
 use crate::registry::ServedModel;
 
 /// The chunks of one streamed completion: `first` (the event the handler waited for before
@@ -143,7 +144,10 @@ impl StreamState {
                 if self.include_usage {
                     // The 200 is out: a meter that cannot settle leaves `energy` out rather
                     // than failing a completion that was delivered.
-                    let energy = settle_energy(&self.model, &done.energy)
+                    let work = Work::Generation {
+                        output_tokens: done.completion_tokens,
+                    };
+                    let energy = settle_energy(&self.model, &done.energy, work)
                         .await
                         .ok()
                         .flatten();
@@ -160,7 +164,13 @@ impl StreamState {
                     let (prompt, completion, batch) =
                         (done.prompt_tokens, done.completion_tokens, done.max_batch);
                     tokio::spawn(async move {
-                        let energy = settle_energy(&model, &done.energy).await.ok().flatten();
+                        let work = Work::Generation {
+                            output_tokens: completion,
+                        };
+                        let energy = settle_energy(&model, &done.energy, work)
+                            .await
+                            .ok()
+                            .flatten();
                         if let Some(tx) = usage {
                             let r = UsageReport::new(
                                 &model,

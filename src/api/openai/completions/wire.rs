@@ -550,6 +550,8 @@ mod tests {
             cost_usd: 0.125,
             carbon_intensity_g_per_kwh: 400.0,
             zone: "DE".into(),
+            class: None,
+            carbon_class: None,
         }
     }
 
