@@ -31,6 +31,29 @@ impl Told {
     }
 }
 
+/// RFC 4180 CSV: fields split on commas outside quotes, `""` inside quotes is a quote.
+fn parse_csv(text: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let (mut row, mut field, mut quoted) = (Vec::new(), String::new(), false);
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    field.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => row.push(std::mem::take(&mut field)),
+                (c, _) => field.push(c),
+            }
+        }
+        row.push(field);
+        rows.push(row);
+    }
+    rows
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-3 * a.abs().max(b.abs()).max(1e-12)
 }
@@ -221,6 +244,79 @@ async fn each_tenant_sees_what_it_was_told_it_spent_across_a_restart() {
     let (status, v) = usage(&s, "sk-a", "group_by=zone").await;
     assert_eq!(status, 400, "{v}");
     assert_eq!(v["error"]["param"], "group_by");
+
+    // The FOCUS export: the required columns, valid values, only the key's tenant, the same cost.
+    let r = reqwest::Client::new()
+        .get(s.url("/v1/usage/export?format=focus"))
+        .bearer_auth("sk-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let csv = r.text().await.unwrap();
+    let rows = parse_csv(&csv);
+    let header = &rows[0];
+    for required in [
+        "BilledCost",
+        "EffectiveCost",
+        "ListCost",
+        "BillingCurrency",
+        "ChargePeriodStart",
+        "ChargePeriodEnd",
+        "ChargeCategory",
+        "ChargeDescription",
+        "ConsumedQuantity",
+        "ConsumedUnit",
+        "PricingQuantity",
+        "PricingUnit",
+        "ServiceName",
+        "ServiceCategory",
+        "ResourceId",
+        "ResourceName",
+        "Tags",
+    ] {
+        assert!(
+            header.iter().any(|h| h == required),
+            "no {required} in {header:?}"
+        );
+    }
+    let col =
+        |row: &Vec<String>, name: &str| row[header.iter().position(|h| h == name).unwrap()].clone();
+    let mut billed = 0.0;
+    for row in &rows[1..] {
+        assert_eq!(row.len(), header.len(), "{row:?}");
+        assert_eq!(
+            col(row, "SubAccountId"),
+            "team-a",
+            "a key sees only its tenant"
+        );
+        assert_eq!(col(row, "BillingCurrency"), "USD");
+        assert_eq!(col(row, "ChargeCategory"), "Usage");
+        let start = col(row, "ChargePeriodStart");
+        assert!(start.ends_with(":00:00Z") && start.len() == 20, "{start}");
+        let cost: f64 = col(row, "BilledCost").parse().unwrap();
+        assert!(cost >= 0.0 && cost == col(row, "EffectiveCost").parse::<f64>().unwrap());
+        let tags: Value = serde_json::from_str(&col(row, "Tags")).unwrap();
+        assert_eq!(tags["tenant"], "team-a", "{tags}");
+        assert!(tags["kwh"].as_f64().unwrap() >= 0.0, "{tags}");
+        billed += cost;
+    }
+    assert!(
+        close(billed, a.cost),
+        "FOCUS billed {billed} vs headers {}",
+        a.cost
+    );
+    let r = reqwest::Client::new()
+        .get(s.url("/v1/usage/export?format=xlsx"))
+        .bearer_auth("sk-a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
 
     // A clean restart keeps everything (the records were flushed on shutdown).
     s.stop().await.unwrap();

@@ -13,6 +13,7 @@ pub mod meta;
 pub mod openai;
 pub mod request_id;
 pub mod usage;
+pub mod usage_export;
 pub mod usage_query;
 pub mod v2;
 
@@ -157,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(meta::ready))
         .route("/metrics", get(meta::metrics))
         .route("/v1/usage", get(usage_query::usage))
+        .route("/v1/usage/export", get(usage_export::export))
         .merge(v2::routes())
         .fallback(
             |uri: Uri| async move { ApiError::no_route(uri.path()).into_response_for(uri.path()) },

@@ -72,7 +72,7 @@ fn parse_time(text: &str) -> Option<i64> {
 }
 
 /// The query string as a [`UsageQuery`] (tenant scoping added by the handler).
-fn parse_query(params: &HashMap<String, String>, now: i64) -> Result<UsageQuery, ApiError> {
+pub fn parse_query(params: &HashMap<String, String>, now: i64) -> Result<UsageQuery, ApiError> {
     let time = |name: &str, default: i64| {
         match params.get(name) {
         None => Ok(default),
@@ -145,6 +145,21 @@ fn row(group_by: &[Dimension], t: &UsageTotals) -> Map<String, Value> {
     m
 }
 
+/// The tenant a usage read is limited to: with keys, the key's own; an admin key sees all, or the
+/// one it names in `tenant=`; without keys, all.
+pub fn scope(
+    state: &AppState,
+    grant: Option<Grant>,
+    params: &HashMap<String, String>,
+) -> Option<String> {
+    match (state.auth().enabled(), grant) {
+        (true, Some(g)) if g.admin => params.get("tenant").cloned(),
+        (true, Some(g)) => Some(g.tenant.0),
+        (true, None) => Some("-".into()),
+        (false, _) => None,
+    }
+}
+
 /// `GET /v1/usage`.
 pub async fn usage(
     State(state): State<AppState>,
@@ -162,14 +177,7 @@ pub async fn usage(
         Ok(q) => q,
         Err(e) => return e.into_response(),
     };
-    // With keys, a key sees its own tenant only; an admin key sees all, or the one it names.
-    let grant = grant.map(|Extension(g)| g);
-    query.tenant = match (state.auth().enabled(), grant) {
-        (true, Some(g)) if g.admin => params.get("tenant").cloned(),
-        (true, Some(g)) => Some(g.tenant.0),
-        (true, None) => Some("-".into()),
-        (false, _) => None,
-    };
+    query.tenant = scope(&state, grant.map(|Extension(g)| g), &params);
     let q = query.clone();
     let result = tokio::task::spawn_blocking(move || {
         backend.ledger.flush()?;

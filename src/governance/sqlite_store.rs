@@ -191,6 +191,78 @@ impl SqliteReader {
     }
 }
 
+/// One row of a FOCUS export: a tenant's spending on one model and project in one UTC hour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HourlyCharge {
+    /// The hour's start, Unix ms.
+    pub hour_ms: i64,
+    /// The API key's name.
+    pub tenant: String,
+    /// The project.
+    pub project: String,
+    /// The model.
+    pub model: String,
+    /// Its precision.
+    pub precision: String,
+    /// How the energy was measured (the most frequent source when several).
+    pub energy_source: String,
+    /// Requests.
+    pub requests: u64,
+    /// Tokens read and generated.
+    pub tokens: u64,
+    /// Joules.
+    pub joules: f64,
+    /// Grams of CO2e.
+    pub co2e_grams: f64,
+    /// US dollars.
+    pub cost_usd: f64,
+}
+
+impl SqliteReader {
+    /// The spending in `[from_ms, to_ms)` per tenant, project, model and UTC hour (only
+    /// `tenant`'s when given), in time order.
+    pub fn hourly_charges(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        tenant: Option<&str>,
+    ) -> Result<Vec<HourlyCharge>, LedgerError> {
+        let conn = self
+            .conn
+            .lock()
+            .map_err(|_| LedgerError::Store("the reader's lock is poisoned".into()))?;
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT (ts_ms / 3600000) * 3600000 AS hour, tenant, project, model, precision,
+                        MAX(energy_source), COUNT(*), SUM(prompt_tokens + completion_tokens),
+                        SUM(joules), SUM(co2e_grams), SUM(cost_usd)
+                 FROM requests
+                 WHERE ts_ms >= ?1 AND ts_ms < ?2 AND (?3 IS NULL OR tenant = ?3)
+                 GROUP BY hour, tenant, project, model, precision
+                 ORDER BY hour, tenant, project, model, precision",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(params![from_ms, to_ms, tenant], |r| {
+                Ok(HourlyCharge {
+                    hour_ms: r.get(0)?,
+                    tenant: r.get(1)?,
+                    project: r.get(2)?,
+                    model: r.get(3)?,
+                    precision: r.get(4)?,
+                    energy_source: r.get(5)?,
+                    requests: r.get::<_, i64>(6)? as u64,
+                    tokens: r.get::<_, i64>(7)? as u64,
+                    joules: r.get(8)?,
+                    co2e_grams: r.get(9)?,
+                    cost_usd: r.get(10)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +351,18 @@ mod tests {
             })
             .unwrap();
         assert_eq!(empty[0].requests, 0);
+        // Hourly charges for a FOCUS export.
+        let hourly = reader.hourly_charges(t0, t0 + 2 * day, None).unwrap();
+        assert_eq!(hourly.len(), 3);
+        assert_eq!((hourly[0].hour_ms, hourly[0].tenant.as_str()), (t0, "a"));
+        assert_eq!(hourly[0].tokens, 12);
+        assert_eq!(
+            reader
+                .hourly_charges(t0, t0 + 2 * day, Some("b"))
+                .unwrap()
+                .len(),
+            1
+        );
         // Retention.
         let mut store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.prune(t0 + day).unwrap(), 2);
