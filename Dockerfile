@@ -70,10 +70,13 @@ RUN groupadd --gid 10001 wattserve \
       --shell /usr/sbin/nologin wattserve
 COPY --from=weights /models /models
 COPY --from=builder /out/wattserve /usr/local/bin/wattserve
+# The usage ledger (SQLite) needs a writable folder: mount a volume here to keep it.
+RUN mkdir -p /var/lib/wattserve/usage && chown 10001:10001 /var/lib/wattserve/usage
 ENV WATTSERVE_HOST=0.0.0.0 \
     WATTSERVE_PORT=8080 \
     WATTSERVE_GRPC_PORT=8081 \
-    WATTSERVE_MODELS_DIR=/models
+    WATTSERVE_MODELS_DIR=/models \
+    WATTSERVE_USAGE_PATH=/var/lib/wattserve/usage/usage.sqlite
 # The server reads ./wattserve.toml when no --config is given: a file mounted at
 # /etc/wattserve/wattserve.toml is read as it is.
 WORKDIR /etc/wattserve

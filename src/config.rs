@@ -295,6 +295,9 @@ pub struct Overrides {
     /// CPU compute threads, 0 = one per core [default: 0].
     #[arg(long, env = "WATTSERVE_THREADS")]
     pub threads: Option<usize>,
+    /// The usage ledger's SQLite file [default: wattserve-usage.sqlite].
+    #[arg(long, env = "WATTSERVE_USAGE_PATH")]
+    pub usage_path: Option<PathBuf>,
     /// Serve every selected model at this precision (f32, f16, bf16, int8) instead of its
     /// model.toml's.
     #[arg(long, env = "WATTSERVE_PRECISION")]
@@ -350,6 +353,9 @@ impl Config {
         }
         if let Some(t) = o.threads {
             self.runtime.threads = t;
+        }
+        if let Some(p) = &o.usage_path {
+            self.usage.path = p.clone();
         }
         if let Some(p) = o.precision {
             self.server.precision = Some(p);

@@ -175,6 +175,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                 threads: args.threads,
                 port: Some(0),
                 grpc_port: None,
+                usage_path: None,
                 host: Some("127.0.0.1".into()),
                 precision: None,
             };
