@@ -109,8 +109,9 @@ pub async fn layer(State(state): State<AppState>, mut req: Request, next: Next) 
 }
 
 /// Counts the request in the per-tenant metrics and hands its record to the ledger (when kept):
-/// at once for a whole answer, when its stream ends for a stream. Every request to an inference endpoint is recorded, refused ones included;
-/// probes, metadata, usage and metrics reads are not.
+/// at once for a whole answer, when its stream ends for a stream. Every request to an inference
+/// endpoint is recorded, refused ones included; probes, metadata, usage and metrics reads are
+/// not.
 fn record_usage(
     usage: Option<&UsageBackend>,
     resp: &mut Response,
