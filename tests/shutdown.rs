@@ -4,14 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-/// Everything the server printed, line by line.
-type Output = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+use common::Output;
 
 /// Starts `wattserve serve` on a free port with a 1-second grace period; returns the child, its
 /// address once it is ready, and its output so far and to come.
@@ -26,43 +25,7 @@ async fn start(dir: &std::path::Path) -> (Child, String, Output) {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wattserve"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("WATTSERVE_LOG", "info")
-        .env_remove("WATTSERVE_PORT")
-        .env_remove("WATTSERVE_MODELS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let output = Output::default();
-    let lines = output.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            lines.lock().unwrap().push(line.clone());
-            if let Some(i) = line.find("listening on http://") {
-                let addr = line[i + "listening on http://".len()..].trim().to_string();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the server printed its address");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://{addr}/ready")).await {
-            if r.status() == 200 {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "not ready in 120 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (child, addr, output)
+    common::spawn_server(&config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

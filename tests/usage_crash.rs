@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,34 +29,7 @@ async fn sigkill_loses_at_most_the_last_flush_interval() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wattserve"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("WATTSERVE_LOG", "info")
-        .env_remove("WATTSERVE_PORT")
-        .env_remove("WATTSERVE_MODELS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(i) = line.find("listening on http://") {
-                let _ = tx.send(line[i + "listening on http://".len()..].trim().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("an address");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !matches!(reqwest::get(format!("http://{addr}/ready")).await, Ok(r) if r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "not ready in 120 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (mut child, addr, _) = common::spawn_server(&config).await;
 
     // Four clients send embeddings until the server dies; each answer's id and arrival time.
     let answered: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();

@@ -37,6 +37,7 @@ pub struct ModelCard {
 
 impl ModelCard {
     fn of(m: &ServedModel) -> Self {
+        let label = m.energy_label();
         Self {
             id: m.name.clone(),
             object: "model",
@@ -50,8 +51,8 @@ impl ModelCard {
             load_time_ms: m.load_time.as_millis() as u64,
             energy_source: m.meter.as_ref().map_or("none", |m| m.method()),
             weights_bytes: m.weight_bytes,
-            energy_class: m.energy_label().map(|l| l.0),
-            joules_per_1k_tokens: m.energy_label().map(|l| l.1),
+            energy_class: label.map(|l| l.0),
+            joules_per_1k_tokens: label.map(|l| l.1),
         }
     }
 }

@@ -278,3 +278,53 @@ pub fn client_python(env_var: &str, venv: &str, make_target: &str) -> Option<Pat
     eprintln!("SKIPPED: {msg}");
     None
 }
+
+/// Everything a spawned server printed, line by line.
+#[allow(dead_code)]
+pub type Output = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Starts the real binary, `wattserve serve --config CONFIG` (the config names a free port),
+/// as an orchestrator runs it; returns the child, its address once `/ready` answers 200, and its
+/// output so far and to come.
+#[allow(dead_code)]
+pub async fn spawn_server(config: &std::path::Path) -> (std::process::Child, String, Output) {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wattserve"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("WATTSERVE_LOG", "info")
+        .env_remove("WATTSERVE_PORT")
+        .env_remove("WATTSERVE_MODELS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let output = Output::default();
+    let lines = output.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line.clone());
+            if let Some(i) = line.find("listening on http://") {
+                let addr = line[i + "listening on http://".len()..].trim().to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the server printed its address");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/ready")).await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "not ready in 120 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, addr, output)
+}

@@ -19,7 +19,7 @@ use crate::api::meta::readiness;
 use crate::api::usage::{set_energy_headers, usage_record, RequestFacts};
 use crate::api::v2::infer::{self, InferRequest, Inferred};
 use crate::api::v2::params::Params;
-use crate::api::v2::rest::{model_readiness, ServerMetadata};
+use crate::api::v2::rest::ServerMetadata;
 use crate::api::v2::tensor::{DataType, Elements, InputTensor};
 use crate::api::{ApiError, AppState};
 use crate::governance::{Project, Tenant};
@@ -260,8 +260,10 @@ impl GrpcInferenceService for InferenceService {
         req: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = req.into_inner();
-        let model = infer::find(&self.state, &r.name, version(&r.version)).map_err(status)?;
-        let ready = model_readiness(&self.state, &model.name).is_ok();
+        // An unknown model or version is NOT_FOUND; `readiness` fails when any model's compute
+        // thread stopped, this one's included.
+        infer::find(&self.state, &r.name, version(&r.version)).map_err(status)?;
+        let ready = readiness(&self.state).is_ok();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 

@@ -91,26 +91,11 @@ pub async fn model_ready(State(state): State<AppState>, Path(p): Path<ModelPath>
         Ok(model) => model,
         Err(e) => return e.into_v2_response(),
     };
-    match model_readiness(&state, &model.name) {
-        Ok(()) => Json(serde_json::json!({ "name": model.name, "ready": true })).into_response(),
+    // `readiness` fails when any model's compute thread stopped, this one's included.
+    match readiness(&state) {
+        Ok(_) => Json(serde_json::json!({ "name": model.name, "ready": true })).into_response(),
         Err(e) => e.into_v2_response(),
     }
-}
-
-/// Whether model `name` can serve: the server is ready and its compute thread runs.
-pub fn model_readiness(state: &AppState, name: &str) -> Result<(), ApiError> {
-    readiness(state).map(|_| ()).and_then(|_| {
-        let dead = state.registry()?.dead_models();
-        if dead.iter().any(|d| d == name) {
-            Err(ApiError::unavailable(
-                "model_failed",
-                format!("The compute thread of model `{name}` stopped"),
-                1,
-            ))
-        } else {
-            Ok(())
-        }
-    })
 }
 
 /// An infer request body as sent: JSON, or JSON followed by binary tensors.
