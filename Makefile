@@ -2,8 +2,8 @@
 CARGO ?= cargo
 ARGS ?=
 
-.PHONY: serve test models openai-client v2-clients build release fmt clean check-cuda soak \
-	check-prometheus e2e-prometheus check-k8s check-docker
+.PHONY: serve test models openai-client v2-clients focus-validator build release fmt clean check-cuda soak \
+	check-prometheus e2e-prometheus check-k8s check-docker browser
 
 ## Fetch the default models if missing, build release, serve on :8080 (pass more flags with ARGS=...).
 serve: models
@@ -12,7 +12,7 @@ serve: models
 
 ## Fetch models and the Python test clients, check deploy/ (rules and alerts, manifests, images
 ## and the local stack, offline), then format check, clippy and all tests (what CI runs).
-test: models openai-client v2-clients check-prometheus check-k8s check-docker
+test: models openai-client v2-clients focus-validator check-prometheus check-k8s check-docker
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) test --locked --workspace
@@ -46,6 +46,19 @@ openai-client:
 ## target/v2-venv, for the tests/v2/*_check.py scripts (idempotent; about 500 MB, a minute to install).
 v2-clients:
 	./tests/clients/setup.sh tests/v2/requirements.txt target/v2-venv
+
+## Headless Chromium for tests/browser/check_page.mjs (HTML reports, console): Debian's chromium via
+## apt-get if /usr/bin/chromium is missing (about 25 s), playwright-core pinned by
+## tests/browser/package-lock.json in target/browser (npm ci, 14 MB; idempotent).
+## tests/browser/selftest.sh checks the checker.
+browser:
+	./tests/browser/setup.sh target/browser
+
+## The FinOps Foundation's FOCUS validator (focus-validator, which needs Python >= 3.12) in
+## target/focus-venv, for the test of the FOCUS export (idempotent; about 630 MB, a minute to install).
+focus-validator:
+	@python="$$(./tests/usage/find-python.sh)" && \
+	  PYTHON="$$python" ./tests/clients/setup.sh tests/usage/requirements.txt target/focus-venv
 
 build:
 	$(CARGO) build --locked

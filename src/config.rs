@@ -84,8 +84,14 @@ pub struct UsageConfig {
     pub path: PathBuf,
     /// How often records are written, ms: a crash loses at most this much. Default 1000.
     pub flush_interval_ms: u64,
-    /// Records older than this many days are deleted; 0 keeps everything. Default 400.
+    /// Request records older than this many days are deleted; 0 keeps them all. Default 90.
+    /// The hourly and daily sums (what `/v1/usage`, the FOCUS export and budgets read for whole
+    /// hours and days) are kept apart.
     pub retention_days: u64,
+    /// Hourly sums older than this many days are deleted; 0 keeps them all. Default 400.
+    pub hourly_retention_days: u64,
+    /// Daily sums older than this many days are deleted; 0 (the default) keeps them all.
+    pub daily_retention_days: u64,
 }
 
 impl Default for UsageConfig {
@@ -94,9 +100,16 @@ impl Default for UsageConfig {
             enabled: true,
             path: PathBuf::from("wattserve-usage.sqlite"),
             flush_interval_ms: 1000,
-            retention_days: 400,
+            retention_days: 90,
+            hourly_retention_days: 400,
+            daily_retention_days: 0,
         }
     }
+}
+
+/// `days` as a duration; 0 is `None` (for ever).
+fn days(days: u64) -> Option<std::time::Duration> {
+    (days > 0).then(|| std::time::Duration::from_secs(days.saturating_mul(86_400)))
 }
 
 impl UsageConfig {
@@ -104,8 +117,11 @@ impl UsageConfig {
     pub fn settings(&self) -> crate::governance::ledger::LedgerSettings {
         crate::governance::ledger::LedgerSettings {
             flush_interval: std::time::Duration::from_millis(self.flush_interval_ms),
-            retention: (self.retention_days > 0)
-                .then(|| std::time::Duration::from_secs(self.retention_days * 86_400)),
+            retention: crate::governance::ledger::Retention {
+                requests: days(self.retention_days),
+                hourly: days(self.hourly_retention_days),
+                daily: days(self.daily_retention_days),
+            },
         }
     }
 }

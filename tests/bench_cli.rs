@@ -82,6 +82,29 @@ fn bench_reports_every_request_of_every_level() {
     assert_eq!(acc["reference"], "minilm");
     assert_eq!(acc["inputs"], 16);
     assert!(acc["min_cosine"].as_f64().unwrap() > 0.99999, "{acc}");
+    // Each model's energy label, as /v1/models computes it, against the default thresholds
+    // for embeddings (J per 1,000 input tokens: A ≤ 4 < B ≤ 16 < C ≤ 64 < D ≤ 256 < E).
+    let labels = report["energy_labels"].as_array().unwrap();
+    assert_eq!(labels.len(), 2, "{labels:?}");
+    for (label, model) in labels.iter().zip(["minilm", "minilm@unbatched"]) {
+        assert_eq!(label["model"], model);
+        assert_eq!(label["task"], "embedding");
+        assert_eq!(label["energy_source"], "estimate");
+        let j = label["joules_per_1k_tokens"].as_f64().unwrap();
+        assert!(j > 0.0, "{label}");
+        let expected = match j {
+            j if j <= 4.0 => "A",
+            j if j <= 16.0 => "B",
+            j if j <= 64.0 => "C",
+            j if j <= 256.0 => "D",
+            _ => "E",
+        };
+        assert_eq!(label["class"], expected, "{label}");
+        assert!(
+            stdout.contains(&format!("energy label: {model} (f32): {expected}")),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]

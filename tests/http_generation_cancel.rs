@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use common::{post_json as post, smollm2_available as available, smollm2_server as server};
 
@@ -50,6 +50,25 @@ async fn a_client_that_disconnects_stops_its_generation() {
         before < 200.0,
         "{before} tokens generated for a client that left"
     );
+    // The usage ledger records what the abandoned stream generated and spent (its model, every
+    // token the metric counted, joules), not an empty request.
+    let usage: Value = reqwest::get(s.url("/v1/usage?group_by=model,endpoint"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = usage["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{usage}");
+    let row = &rows[0];
+    assert_eq!(
+        (&row["model"], &row["endpoint"]),
+        (&json!("smollm2"), &json!("completions"))
+    );
+    assert_eq!(row["requests"], 1, "{row}");
+    assert!(before > 0.0);
+    assert_eq!(row["completion_tokens"].as_f64().unwrap(), before, "{row}");
+    assert!(row["joules"].as_f64().unwrap() > 0.0, "{row}");
     // The model still serves.
     let (status, _, _) = post(
         &s,

@@ -127,6 +127,8 @@ fn build_record(facts: RequestFacts, report: Option<UsageReport>) -> UsageRecord
         energy_source: e.map_or("none", |e| e.source).to_string(),
         co2e_grams: e.map_or(0.0, |e| e.co2e_grams),
         cost_usd: e.map_or(0.0, |e| e.cost_usd),
+        cost_energy_usd: e.map_or(0.0, |e| e.cost_energy_usd),
+        cost_hardware_usd: e.map_or(0.0, |e| e.cost_hardware_usd),
         duration_ms: facts.duration_ms,
         batch_size: r.batch_size,
     }
@@ -143,8 +145,14 @@ pub struct UsageEnergy {
     pub avg_watts: f64,
     /// Grams of CO2e (SCI).
     pub co2e_grams: f64,
-    /// US dollars.
+    /// US dollars: `cost_energy_usd + cost_hardware_usd`.
     pub cost_usd: f64,
+    /// The part of `cost_usd` paid for electricity (kept in the usage ledger, not in responses).
+    #[serde(skip)]
+    pub cost_energy_usd: f64,
+    /// The part of `cost_usd` paid for the device's time (ledger only, as above).
+    #[serde(skip)]
+    pub cost_hardware_usd: f64,
     /// Grid intensity used, gCO2e/kWh.
     pub carbon_intensity_g_per_kwh: f64,
     /// Zone the intensity came from (`custom` when set explicitly).
@@ -191,6 +199,8 @@ pub async fn settle_energy(
         avg_watts: a.avg_watts,
         co2e_grams,
         cost_usd: p.cost_usd(a.joules, a.device_seconds),
+        cost_energy_usd: p.energy_cost_usd(a.joules),
+        cost_hardware_usd: p.hardware_cost_usd(a.device_seconds),
         carbon_intensity_g_per_kwh: p.intensity_g_per_kwh,
         zone: p.zone.clone(),
         class: p.classes.energy_class(work, a.joules),

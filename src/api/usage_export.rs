@@ -24,7 +24,7 @@ use crate::governance::Grant;
 pub const FOCUS_VERSION: &str = "1.2";
 
 /// The columns, in order.
-pub const COLUMNS: [&str; 36] = [
+pub const COLUMNS: [&str; 41] = [
     // FOCUS 1.2, mandatory.
     "BilledCost",
     "BillingAccountId",
@@ -49,11 +49,14 @@ pub const COLUMNS: [&str; 36] = [
     "ServiceName",
     // FOCUS 1.2, conditional or recommended, applicable here.
     "ChargeFrequency",
+    "CommitmentDiscountStatus",
     "ConsumedQuantity",
     "ConsumedUnit",
+    "InvoiceId",
     "ResourceId",
     "ResourceName",
     "ResourceType",
+    "ServiceSubcategory",
     "SubAccountId",
     "SubAccountName",
     "Tags",
@@ -64,6 +67,8 @@ pub const COLUMNS: [&str; 36] = [
     "x_CO2eGrams",
     "x_EnergySource",
     "x_Requests",
+    "x_EnergyCost",
+    "x_HardwareCost",
 ];
 
 /// The name the provider columns carry: the operator runs the service.
@@ -78,23 +83,35 @@ fn field(s: &str) -> String {
     }
 }
 
+/// A FOCUS Decimal: `{}` (the shortest text that parses back to the number, never an exponent)
+/// with a fractional part, so that a whole number does not read as an integer.
+fn decimal(x: f64) -> String {
+    let s = format!("{x}");
+    if s.contains(['.', 'e', 'N', 'i']) {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
 /// The CSV line of one hourly charge.
 fn line(c: &HourlyCharge) -> String {
     let hour_end = c.hour_ms + 3_600_000;
     let month = period_start(Period::Month, c.hour_ms);
     let kwh = c.joules / 3.6e6;
+    // Provider-defined tag keys carry the provider's prefix (FOCUS 1.2, Tags).
     let tags = serde_json::json!({
-        "tenant": c.tenant,
-        "project": c.project,
-        "model": c.model,
-        "precision": c.precision,
-        "kwh": kwh,
-        "gco2e": c.co2e_grams,
-        "energy_source": c.energy_source,
+        "wattserve/tenant": c.tenant,
+        "wattserve/project": c.project,
+        "wattserve/model": c.model,
+        "wattserve/precision": c.precision,
+        "wattserve/kwh": kwh,
+        "wattserve/gco2e": c.co2e_grams,
+        "wattserve/energy_source": c.energy_source,
     })
     .to_string();
-    let cost = format!("{}", c.cost_usd);
-    let values: [String; 36] = [
+    let cost = decimal(c.cost_usd);
+    let values: [String; 41] = [
         cost.clone(),
         "wattserve".into(),
         "wattserve".into(),
@@ -113,27 +130,33 @@ fn line(c: &HourlyCharge) -> String {
         cost.clone(),
         PROVIDER.into(),
         cost,
-        c.requests.to_string(),
+        decimal(c.requests as f64),
         "Requests".into(),
         PROVIDER.into(),
         PROVIDER.into(),
         "AI and Machine Learning".into(),
         "wattserve inference".into(),
         "Usage-Based".into(),
-        c.tokens.to_string(),
+        // No commitment discounts, no invoices: null.
+        String::new(),
+        decimal(c.tokens as f64),
         "Tokens".into(),
+        String::new(),
         format!("wattserve/models/{}", c.model),
         c.model.clone(),
         "Model".into(),
+        "AI Platforms".into(),
         c.tenant.clone(),
         c.tenant.clone(),
         tags,
         c.project.clone(),
         c.precision.clone(),
-        format!("{kwh}"),
-        format!("{}", c.co2e_grams),
+        decimal(kwh),
+        decimal(c.co2e_grams),
         c.energy_source.clone(),
         c.requests.to_string(),
+        decimal(c.cost_energy_usd),
+        decimal(c.cost_hardware_usd),
     ];
     values
         .iter()
@@ -226,6 +249,8 @@ mod tests {
             joules: 7.2e6,
             co2e_grams: 0.5,
             cost_usd: 0.25,
+            cost_energy_usd: 0.2,
+            cost_hardware_usd: 0.05,
         };
         let csv = focus_csv(&[c]);
         let mut lines = csv.lines();
@@ -234,7 +259,7 @@ mod tests {
         let row = lines.next().unwrap();
         // The tags are JSON in one quoted field.
         assert!(
-            row.contains("\"{\"\"energy_source\"\":\"\"estimate\"\""),
+            row.contains("\"{\"\"wattserve/energy_source\"\":\"\"estimate\"\""),
             "{row}"
         );
         let col = |name: &str| {
@@ -247,8 +272,21 @@ mod tests {
         assert_eq!(col("ChargePeriodEnd"), "2026-01-01T02:00:00Z");
         assert_eq!(col("BillingPeriodStart"), "2026-01-01T00:00:00Z");
         assert_eq!(col("BillingPeriodEnd"), "2026-02-01T00:00:00Z");
-        assert_eq!(col("ConsumedQuantity"), "40");
-        assert!(row.ends_with(",chat,int8,2,0.5,estimate,3"), "{row}");
+        assert_eq!(col("ConsumedQuantity"), "40.0");
+        assert_eq!(col("PricingQuantity"), "3.0");
+        assert_eq!(col("ServiceSubcategory"), "AI Platforms");
+        assert_eq!(
+            (col("InvoiceId"), col("CommitmentDiscountStatus")),
+            ("".into(), "".into())
+        );
+        assert!(
+            row.ends_with(",chat,int8,2.0,0.5,estimate,3,0.2,0.05"),
+            "{row}"
+        );
+        assert_eq!(
+            (decimal(0.0), decimal(1e-7), decimal(2.5)),
+            ("0.0".into(), "0.0000001".into(), "2.5".into())
+        );
         assert_eq!(field("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -133,6 +133,8 @@ fn row(group_by: &[Dimension], t: &UsageTotals) -> Map<String, Value> {
     m.insert("kwh".into(), (t.joules / JOULES_PER_KWH).into());
     m.insert("co2e_grams".into(), t.co2e_grams.into());
     m.insert("cost_usd".into(), t.cost_usd.into());
+    m.insert("cost_energy_usd".into(), t.cost_energy_usd.into());
+    m.insert("cost_hardware_usd".into(), t.cost_hardware_usd.into());
     let per = |n: u64, scale: f64| {
         if n == 0 {
             Value::Null

@@ -57,6 +57,11 @@ pub struct GenerationJob {
     pub ignore_eos: bool,
     /// Where the events go; dropping the receiver cancels the sequence.
     pub events: UnboundedSender<GenEvent>,
+    /// Where the sequence's counts and energy shares go when its caller went away before the
+    /// end (the usage ledger records what an abandoned stream spent): sent once the loop notices
+    /// the closed receiver, with reason [`FinishReason::Cancelled`], or with the real ending when
+    /// the caller left just before it.
+    pub abandoned: Option<tokio::sync::oneshot::Sender<Finished>>,
 }
 
 /// Why a sequence ended.
@@ -66,6 +71,9 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` or the context length reached.
     Length,
+    /// The caller went away before the end (never sent to a client: see
+    /// [`GenerationJob::abandoned`]).
+    Cancelled,
 }
 
 impl FinishReason {
@@ -74,6 +82,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
         }
     }
 }
@@ -203,6 +212,21 @@ struct Seq<C> {
 }
 
 impl<C> Seq<C> {
+    /// Its counts and energy shares so far, ending for `reason` (the shares move out).
+    fn finished(&mut self, reason: FinishReason) -> Finished {
+        let first_step = self.first_step.unwrap_or(self.submitted);
+        Finished {
+            reason,
+            prompt_tokens: self.job.prompt.len(),
+            completion_tokens: self.generated,
+            queue_time: first_step - self.submitted,
+            time_to_first_token: self.first_token.unwrap_or_default(),
+            compute_time: self.compute_time,
+            max_batch: self.max_batch,
+            energy: std::mem::take(&mut self.energy),
+        }
+    }
+
     fn new(sub: Submission) -> Self {
         let sampler = Sampler::new(sub.job.sampling);
         Self {
@@ -313,10 +337,40 @@ impl<D: Decoder> StepLoop<D> {
     }
 
     /// Sequences whose caller went away (closed stream, timeout) leave before any compute.
+    /// What they had spent goes to [`GenerationJob::abandoned`].
     fn drop_abandoned(&mut self) {
         let before = self.running.len() + self.waiting.len();
-        self.running.retain(|s| !s.job.events.is_closed());
-        self.waiting.retain(|s| !s.job.events.is_closed());
+        let mut gone = Vec::new();
+        self.running.retain_mut(|s| {
+            let closed = s.job.events.is_closed();
+            if closed {
+                gone.push((s.job.abandoned.take(), s.finished(FinishReason::Cancelled)));
+            }
+            !closed
+        });
+        self.waiting.retain_mut(|sub| {
+            let closed = sub.job.events.is_closed();
+            if closed {
+                let waited = sub.submitted.elapsed();
+                let nothing = Finished {
+                    reason: FinishReason::Cancelled,
+                    prompt_tokens: sub.job.prompt.len(),
+                    completion_tokens: 0,
+                    queue_time: waited,
+                    time_to_first_token: Duration::ZERO,
+                    compute_time: Duration::ZERO,
+                    max_batch: 0,
+                    energy: Vec::new(),
+                };
+                gone.push((sub.job.abandoned.take(), nothing));
+            }
+            !closed
+        });
+        for (to, spent) in gone {
+            if let Some(to) = to {
+                let _ = to.send(spent);
+            }
+        }
         self.admission
             .release(before - self.running.len() - self.waiting.len());
     }
@@ -503,20 +557,15 @@ impl<D: Decoder> StepLoop<D> {
                     .send(GenEvent::Text(std::mem::take(&mut s.held)));
             }
         }
-        let first_step = s.first_step.unwrap_or(s.submitted);
         let ttft = s.first_token.unwrap_or_default();
         m::record_generation(&self.model, ttft, s.generated, s.submitted.elapsed());
-        let done = Finished {
-            reason,
-            prompt_tokens: s.job.prompt.len(),
-            completion_tokens: s.generated,
-            queue_time: first_step - s.submitted,
-            time_to_first_token: ttft,
-            compute_time: s.compute_time,
-            max_batch: s.max_batch,
-            energy: std::mem::take(&mut s.energy),
-        };
-        let _ = s.job.events.send(GenEvent::Finished(done));
+        let done = s.finished(reason);
+        if let Err(unsent) = s.job.events.send(GenEvent::Finished(done)) {
+            // The caller left just before the end: the ledger still gets what it spent.
+            if let (GenEvent::Finished(done), Some(to)) = (unsent.0, s.job.abandoned.take()) {
+                let _ = to.send(done);
+            }
+        }
         self.admission.release(1);
     }
 }
@@ -709,6 +758,7 @@ mod tests {
             stop: Vec::new(),
             ignore_eos: false,
             events,
+            abandoned: None,
         };
         (job, rx)
     }
@@ -854,6 +904,47 @@ mod tests {
             3,
             "the cancelled sequence was never computed again"
         );
+    }
+
+    #[test]
+    fn an_abandoned_sequence_reports_what_it_spent() {
+        let (engine, open, log) = gated();
+        let s = start(engine, limits(1, 64, 16));
+        let with_report = |tag, n| {
+            let (mut j, rx) = job(prompt(tag, &[0, 1]), n);
+            let (to, spent) = tokio::sync::oneshot::channel();
+            j.abandoned = Some(to);
+            s.submit(j).unwrap();
+            (rx, spent)
+        };
+        let (running, running_spent) = with_report(10, 1000);
+        wait_until(|| steps(&log).len() == 1); // its prompt, blocked
+        let (waiting, waiting_spent) = with_report(20, 1000); // one slot: it waits
+        let _ = open.send(()); // the prompt's step ends: one token generated
+        wait_until(|| steps(&log).len() == 2);
+        drop(running); // the client goes away during the second step
+        drop(waiting);
+        for _ in 0..4 {
+            let _ = open.send(());
+        }
+        let r = running_spent
+            .blocking_recv()
+            .expect("the running sequence reports");
+        assert_eq!(r.reason, FinishReason::Cancelled);
+        assert_eq!((r.prompt_tokens, r.max_batch), (4, 1));
+        assert!((1..=2).contains(&r.completion_tokens), "{r:?}");
+        let w = waiting_spent.blocking_recv().expect("the waiting one too");
+        assert_eq!(
+            (w.prompt_tokens, w.completion_tokens, w.max_batch),
+            (4, 0, 0)
+        );
+        assert!(w.energy.is_empty());
+        wait_until(|| s.in_flight() == 0);
+        // A sequence that ends normally sends nothing there.
+        let (done, done_spent) = with_report(30, 1);
+        let _ = open.send(());
+        assert!(outcome(done).1.is_ok());
+        assert!(done_spent.blocking_recv().is_err(), "dropped unsent");
     }
 
     #[test]

@@ -409,6 +409,8 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         }
     }
 
+    // Before the accuracy comparison adds traffic of its own.
+    let energy_labels = energy_labels(&client, &base, &models).await?;
     let embedding_models: Vec<String> = models
         .iter()
         .filter(|m| !is_generation(m))
@@ -440,7 +442,43 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         accuracy,
         levels,
         generation: gen_levels,
+        energy_labels,
     })
+}
+
+/// Each benchmarked model's energy label as the server gives it in `/v1/models` after the
+/// levels (over everything it served of that model: for an in-process run, the bench's own
+/// requests and warm-ups).
+async fn energy_labels(
+    client: &reqwest::Client,
+    base: &str,
+    models: &[String],
+) -> Result<Vec<report::EnergyLabelReport>, BenchError> {
+    let v: serde_json::Value = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| BenchError::Target(format!("{base}/v1/models: {e}")))?
+        .json()
+        .await
+        .map_err(|e| BenchError::Target(format!("{base}/v1/models: {e}")))?;
+    let cards = v["data"].as_array().cloned().unwrap_or_default();
+    Ok(models
+        .iter()
+        .filter_map(|model| {
+            let card = cards.iter().find(|c| c["id"].as_str() == Some(model))?;
+            let text = |k: &str| card[k].as_str().map(str::to_string);
+            Some(report::EnergyLabelReport {
+                model: model.clone(),
+                precision: text("precision").unwrap_or_default(),
+                task: text("task").unwrap_or_default(),
+                energy_source: text("energy_source").unwrap_or_default(),
+                class: text("energy_class"),
+                joules_per_1k_tokens: card["joules_per_1k_tokens"].as_f64(),
+            })
+        })
+        .collect())
 }
 
 /// Embeds the same inputs (up to 64) with every model and compares each model's vectors with the

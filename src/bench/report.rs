@@ -110,6 +110,8 @@ pub struct LevelReport {
     pub p50_ms: f64,
     /// 90th percentile.
     pub p90_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
     /// Maximum.
@@ -160,6 +162,7 @@ impl LevelReport {
             inputs_per_s: rec.inputs_ok as f64 / seconds,
             p50_ms: ms(&rec.ok, 0.5),
             p90_ms: ms(&rec.ok, 0.9),
+            p95_ms: ms(&rec.ok, 0.95),
             p99_ms: ms(&rec.ok, 0.99),
             max_ms: if rec.ok.is_empty() {
                 0.0
@@ -237,6 +240,27 @@ pub struct BenchReport {
     pub levels: Vec<LevelReport>,
     /// Generation models: one row per model and number of concurrent streams.
     pub generation: Vec<GenLevelReport>,
+    /// Each model's energy label after the run.
+    pub energy_labels: Vec<EnergyLabelReport>,
+}
+
+/// A model's energy label (A best to E) as the server computed it from what it served: joules
+/// per 1,000 input tokens (embeddings) or output tokens (generation) against its thresholds
+/// (docs/energy.md#energy-label).
+#[derive(Debug, Clone, Serialize)]
+pub struct EnergyLabelReport {
+    /// Model name.
+    pub model: String,
+    /// Its precision.
+    pub precision: String,
+    /// `embedding` or `generation`.
+    pub task: String,
+    /// How its energy was measured (`estimate`, `rapl`, ...; `none` when not metered).
+    pub energy_source: String,
+    /// The class; `None` when the model was not metered or served no tokens.
+    pub class: Option<String>,
+    /// Joules per 1,000 input (embeddings) or output (generation) tokens.
+    pub joules_per_1k_tokens: Option<f64>,
 }
 
 /// Renders the report as a plain-text table.
@@ -362,6 +386,22 @@ pub fn table(r: &BenchReport) -> String {
         if let Some(src) = r.generation.iter().find_map(|g| g.energy_source.clone()) {
             out.push_str(&format!("energy source: {src}; every completion is exactly --max-tokens long (ignore_eos)\n"));
         }
+    }
+    for l in &r.energy_labels {
+        let unit = if l.task == "generation" {
+            "output"
+        } else {
+            "input"
+        };
+        out.push_str(&format!(
+            "energy label: {} ({}): {} ({} J per 1k {unit} tokens, {})\n",
+            l.model,
+            l.precision,
+            l.class.as_deref().unwrap_or("-"),
+            l.joules_per_1k_tokens
+                .map_or("-".into(), |j| format!("{j:.3}")),
+            l.energy_source,
+        ));
     }
     out
 }

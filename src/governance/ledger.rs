@@ -42,8 +42,12 @@ pub struct UsageRecord {
     pub energy_source: String,
     /// Grams of CO2e.
     pub co2e_grams: f64,
-    /// US dollars.
+    /// US dollars: `cost_energy_usd + cost_hardware_usd`.
     pub cost_usd: f64,
+    /// The part of `cost_usd` paid for electricity (kWh × PUE × tariff).
+    pub cost_energy_usd: f64,
+    /// The part of `cost_usd` paid for the device's time (`cost.hardware_usd_per_hour`).
+    pub cost_hardware_usd: f64,
     /// From arrival to the last byte of the answer, milliseconds.
     pub duration_ms: f64,
     /// The largest batch it was part of (0 when it computed nothing).
@@ -135,6 +139,10 @@ pub struct UsageTotals {
     pub co2e_grams: f64,
     /// US dollars.
     pub cost_usd: f64,
+    /// The part of `cost_usd` paid for electricity.
+    pub cost_energy_usd: f64,
+    /// The part of `cost_usd` paid for device time.
+    pub cost_hardware_usd: f64,
 }
 
 /// Why the store failed.
@@ -152,8 +160,48 @@ pub enum LedgerError {
 pub trait UsageStore: Send {
     /// Appends `records` (one transaction).
     fn append(&mut self, records: &[UsageRecord]) -> Result<(), LedgerError>;
-    /// Deletes the records that finished before `before_ms`; returns how many.
-    fn prune(&mut self, before_ms: i64) -> Result<u64, LedgerError>;
+    /// Deletes the request records and rollup rows older than `cutoffs` says; returns how
+    /// many rows went.
+    fn prune(&mut self, cutoffs: &Cutoffs) -> Result<u64, LedgerError>;
+}
+
+/// How long each kind of row is kept (`None`: for ever).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// The request records (`usage.retention_days`).
+    pub requests: Option<Duration>,
+    /// The hourly sums (`usage.hourly_retention_days`).
+    pub hourly: Option<Duration>,
+    /// The daily sums (`usage.daily_retention_days`).
+    pub daily: Option<Duration>,
+}
+
+/// The times before which rows go, Unix ms (`None`: keep them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cutoffs {
+    /// Request records that finished before this.
+    pub requests: Option<i64>,
+    /// Hourly sums of hours that started before this.
+    pub hourly: Option<i64>,
+    /// Daily sums of days that started before this.
+    pub daily: Option<i64>,
+}
+
+impl Retention {
+    /// The cutoffs at `now_ms`.
+    pub fn cutoffs(&self, now_ms: i64) -> Cutoffs {
+        let at = |keep: Option<Duration>| keep.map(|k| now_ms - k.as_millis() as i64);
+        Cutoffs {
+            requests: at(self.requests),
+            hourly: at(self.hourly),
+            daily: at(self.daily),
+        }
+    }
+
+    /// Whether anything is ever deleted.
+    pub fn prunes(&self) -> bool {
+        self.requests.is_some() || self.hourly.is_some() || self.daily.is_some()
+    }
 }
 
 /// The ledger's settings.
@@ -161,8 +209,8 @@ pub trait UsageStore: Send {
 pub struct LedgerSettings {
     /// How often the writer appends what has arrived.
     pub flush_interval: Duration,
-    /// Records older than this are deleted (checked once an hour); `None` keeps everything.
-    pub retention: Option<Duration>,
+    /// How long rows are kept (checked once an hour).
+    pub retention: Retention,
 }
 
 enum Msg {
@@ -263,14 +311,11 @@ fn write_loop(mut store: Box<dyn UsageStore>, rx: Receiver<Msg>, settings: Ledge
             }
             next_flush = Instant::now() + settings.flush_interval;
         }
-        if let Some(keep) = settings.retention {
-            if Instant::now() >= next_prune {
-                let before = now_ms() - keep.as_millis() as i64;
-                if let Err(e) = store.prune(before) {
-                    tracing::error!("usage ledger retention: {e}");
-                }
-                next_prune = Instant::now() + PRUNE_EVERY;
+        if settings.retention.prunes() && Instant::now() >= next_prune {
+            if let Err(e) = store.prune(&settings.retention.cutoffs(now_ms())) {
+                tracing::error!("usage ledger retention: {e}");
             }
+            next_prune = Instant::now() + PRUNE_EVERY;
         }
         if closed {
             return;
@@ -305,10 +350,11 @@ mod tests {
             self.rows.lock().unwrap().extend_from_slice(records);
             Ok(())
         }
-        fn prune(&mut self, before_ms: i64) -> Result<u64, LedgerError> {
+        fn prune(&mut self, cutoffs: &Cutoffs) -> Result<u64, LedgerError> {
             let mut rows = self.rows.lock().unwrap();
             let n = rows.len();
-            rows.retain(|r| r.ts_ms >= before_ms);
+            let before = cutoffs.requests.unwrap_or(i64::MIN);
+            rows.retain(|r| r.ts_ms >= before);
             Ok((n - rows.len()) as u64)
         }
     }
@@ -329,6 +375,8 @@ mod tests {
             energy_source: "estimate".into(),
             co2e_grams: 0.1,
             cost_usd: 0.01,
+            cost_energy_usd: 0.004,
+            cost_hardware_usd: 0.006,
             duration_ms: 2.0,
             batch_size: 1,
         }
@@ -337,7 +385,7 @@ mod tests {
     fn settings(flush_ms: u64) -> LedgerSettings {
         LedgerSettings {
             flush_interval: Duration::from_millis(flush_ms),
-            retention: None,
+            retention: Retention::default(),
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod budgets;
 pub mod keys;
 pub mod ledger;
+pub mod rollup;
 pub mod sqlite_store;
 
 pub use keys::{ApiKeys, Grant, KeysError, Project, Tenant};

@@ -61,10 +61,20 @@ impl Pricing {
             + device_seconds * self.embodied_g_per_second
     }
 
-    /// USD of `joules` of device energy and `device_seconds` of device time.
+    /// USD of `joules` of device energy and `device_seconds` of device time: the sum of
+    /// [`Pricing::energy_cost_usd`] and [`Pricing::hardware_cost_usd`].
     pub fn cost_usd(&self, joules: f64, device_seconds: f64) -> f64 {
+        self.energy_cost_usd(joules) + self.hardware_cost_usd(device_seconds)
+    }
+
+    /// USD of the electricity: `joules` of device energy × PUE × tariff.
+    pub fn energy_cost_usd(&self, joules: f64) -> f64 {
         joules / 3.6e6 * self.pue * self.usd_per_kwh
-            + device_seconds * self.hardware_usd_per_hour / 3600.0
+    }
+
+    /// USD of `device_seconds` of the device's time at `cost.hardware_usd_per_hour`.
+    pub fn hardware_cost_usd(&self, device_seconds: f64) -> f64 {
+        device_seconds * self.hardware_usd_per_hour / 3600.0
     }
 }
 
@@ -92,5 +102,7 @@ mod tests {
         assert!((p.co2e_grams(3.6e6, 10.0) - (600.0 + m)).abs() < 1e-9);
         // 1 kWh × 1.5 × $0.2 + 10 s of a $3.6/h machine.
         assert!((p.cost_usd(3.6e6, 10.0) - (0.3 + 0.01)).abs() < 1e-12);
+        assert!((p.energy_cost_usd(3.6e6) - 0.3).abs() < 1e-12);
+        assert!((p.hardware_cost_usd(10.0) - 0.01).abs() < 1e-12);
     }
 }

@@ -11,11 +11,12 @@ use std::time::Instant;
 
 use serde_json::Value;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio::sync::oneshot;
 
 use super::{find_model, tokenize_blocking, Serving};
 use crate::api::openai::completions::validate::{self, FittingPrompt, Plan, Prompt};
 use crate::api::openai::completions::wire::{Endpoint, GenerationFields};
-use crate::api::usage::{settle_energy, UsageEnergy, UsageReport};
+use crate::api::usage::{settle_energy, PendingUsage, UsageEnergy, UsageReport};
 use crate::api::{ApiError, AppState};
 use crate::batch::generation::{Finished, GenEvent, GenerationJob};
 use crate::engine::decoder::model::RenderChatError;
@@ -84,6 +85,8 @@ impl<'a> Prepared<'a> {
     /// sequence at its next step).
     pub fn submit(self) -> Result<Submitted<'a>, ApiError> {
         let (tx, rx) = unbounded_channel();
+        let (abandoned_tx, abandoned) = oneshot::channel();
+        let prompt_tokens = self.prompt.len();
         let job = GenerationJob {
             max_new_tokens: self.prompt.max_new_tokens(),
             prompt: self.prompt.into_ids(),
@@ -91,12 +94,15 @@ impl<'a> Prepared<'a> {
             stop: self.plan.stop.clone(),
             ignore_eos: self.plan.ignore_eos,
             events: tx,
+            abandoned: Some(abandoned_tx),
         };
         self.gen.scheduler.submit(job)?;
         Ok(Submitted {
             model: self.model,
             plan: self.plan,
             events: rx,
+            abandoned,
+            prompt_tokens,
         })
     }
 }
@@ -109,6 +115,10 @@ pub struct Submitted<'a> {
     pub plan: Plan,
     /// Text pieces, then `Finished` or `Failed`.
     pub events: UnboundedReceiver<GenEvent>,
+    /// What the sequence spent, should its caller go away before the end.
+    abandoned: oneshot::Receiver<Finished>,
+    /// Its prompt's length.
+    prompt_tokens: usize,
 }
 
 impl<'a> Submitted<'a> {
@@ -121,6 +131,20 @@ impl<'a> Submitted<'a> {
             Some(event) => Ok(event),
             None => Err(ApiError::internal("the compute thread stopped")),
         }
+    }
+
+    /// Its events for a stream, and the usage the stream will report (for the response's
+    /// extensions: the request-id layer records it when it arrives).
+    pub fn into_stream(self) -> (SequenceEvents, PendingUsage) {
+        let (usage, pending) = oneshot::channel();
+        let events = SequenceEvents {
+            model: self.model.clone(),
+            events: self.events,
+            abandoned: Some(self.abandoned),
+            prompt_tokens: self.prompt_tokens,
+            usage: Some(usage),
+        };
+        (events, PendingUsage::new(pending))
     }
 
     /// Collects the whole completion and settles its energy.
@@ -184,6 +208,104 @@ impl Completed<'_> {
             until_now: ("total", started),
         }
     }
+}
+
+/// A streamed sequence's events, and the usage record the stream owes the ledger: sent once,
+/// by [`SequenceEvents::settle`] or [`SequenceEvents::settle_later`] when the sequence finished,
+/// or, when the stream is dropped first (its client went away, a deadline or shutdown cut it
+/// short, a step failed), from what the sequence had generated and spent until then.
+pub struct SequenceEvents {
+    model: Arc<ServedModel>,
+    events: UnboundedReceiver<GenEvent>,
+    abandoned: Option<oneshot::Receiver<Finished>>,
+    prompt_tokens: usize,
+    usage: Option<oneshot::Sender<UsageReport>>,
+}
+
+impl SequenceEvents {
+    /// The next event (`None` once the sequence is gone).
+    pub async fn recv(&mut self) -> Option<GenEvent> {
+        self.events.recv().await
+    }
+
+    /// Settles the finished sequence's energy and reports its usage; the energy for the
+    /// stream's last event (`None` when not metered, or when the meter could not settle: the
+    /// 200 is out, so that leaves the energy out rather than failing the completion).
+    pub async fn settle(&mut self, done: &Finished) -> Option<UsageEnergy> {
+        settle_and_report(&self.model, done, self.usage.take()).await
+    }
+
+    /// The same off the stream (which can end now): for a stream that tells its client nothing
+    /// about energy, while the ledger and the energy-per-request metric count it all the same.
+    pub fn settle_later(&mut self, done: Finished) {
+        let (model, usage) = (self.model.clone(), self.usage.take());
+        tokio::spawn(async move { settle_and_report(&model, &done, usage).await });
+    }
+}
+
+impl Drop for SequenceEvents {
+    fn drop(&mut self) {
+        let Some(usage) = self.usage.take() else {
+            return;
+        };
+        // The sequence stops at its next step; an ending already queued is the whole story.
+        self.events.close();
+        let mut done = None;
+        while let Ok(event) = self.events.try_recv() {
+            if let GenEvent::Finished(f) = event {
+                done = Some(f);
+            }
+        }
+        let abandoned = self.abandoned.take();
+        let (model, prompt_tokens) = (self.model.clone(), self.prompt_tokens);
+        let nothing = move |model: &ServedModel| UsageReport::new(model, prompt_tokens, 0, None, 0);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            let _ = usage.send(nothing(&model));
+            return;
+        };
+        runtime.spawn(async move {
+            let done = match (done, abandoned) {
+                (Some(done), _) => Some(done),
+                // Dropped unsent when the sequence failed rather than being left.
+                (None, Some(rx)) => rx.await.ok(),
+                (None, None) => None,
+            };
+            match done {
+                Some(done) => {
+                    settle_and_report(&model, &done, Some(usage)).await;
+                }
+                None => {
+                    let _ = usage.send(nothing(&model));
+                }
+            }
+        });
+    }
+}
+
+/// Settles `done`'s energy, sends its usage report to `usage`, and returns the energy.
+async fn settle_and_report(
+    model: &ServedModel,
+    done: &Finished,
+    usage: Option<oneshot::Sender<UsageReport>>,
+) -> Option<UsageEnergy> {
+    let work = Work::Generation {
+        output_tokens: done.completion_tokens,
+    };
+    let energy = settle_energy(model, &done.energy, work)
+        .await
+        .ok()
+        .flatten();
+    if let Some(tx) = usage {
+        let report = UsageReport::new(
+            model,
+            done.prompt_tokens,
+            done.completion_tokens,
+            energy.as_ref(),
+            done.max_batch,
+        );
+        let _ = tx.send(report);
+    }
+    energy
 }
 
 /// Resolves when a stream must end before its sequence does, saying why.

@@ -17,12 +17,10 @@ use serde_json::Value;
 use super::infer::{self, TEXT_INPUT};
 use super::params::{self, Params};
 use super::rest::{read_v2_body, ModelPath};
-use crate::api::handler::generate::{self, EndReason, Submitted};
+use crate::api::handler::generate::{self, EndReason, SequenceEvents, Submitted};
 use crate::api::handler::RequestMetrics;
-use crate::api::usage::{settle_energy, PendingUsage, UsageReport};
 use crate::api::{ApiError, AppState};
 use crate::batch::generation::GenEvent;
-use crate::meter::class::Work;
 
 /// A generate request: the prompt and the parameters (top-level keys other than `text_input`
 /// and `parameters` count as parameters; `parameters` wins over them).
@@ -121,11 +119,11 @@ pub async fn generate_stream(
         let first = s.first_event().await.map_err(Reply::from)?;
         let model = s.model.clone();
         let ending = generate::ending(&state, started);
-        let (usage_tx, usage_rx) = tokio::sync::oneshot::channel();
-        let mut resp = Sse::new(events(first, s, ending, usage_tx))
+        let (seq, pending) = s.into_stream();
+        let mut resp = Sse::new(events(first, seq, model.clone(), ending))
             .keep_alive(KeepAlive::default())
             .into_response();
-        resp.extensions_mut().insert(PendingUsage::new(usage_rx));
+        resp.extensions_mut().insert(pending);
         crate::api::handler::Serving {
             model: &model,
             batch_size: None,
@@ -200,16 +198,13 @@ struct StreamEvent<'a> {
 /// `finish_reason`); an error ends the stream with `{"error": "..."}`.
 fn events(
     first: GenEvent,
-    s: Submitted<'_>,
+    seq: SequenceEvents,
+    model: std::sync::Arc<crate::registry::ServedModel>,
     ending: generate::Ending,
-    usage: tokio::sync::oneshot::Sender<UsageReport>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let model = s.model.clone();
-    let usage = std::sync::Arc::new(std::sync::Mutex::new(Some(usage)));
-    let state = (Some(first), s.events, ending, false);
-    futures_util::stream::unfold(state, move |(mut first, mut rx, mut ending, done)| {
+    let state = (Some(first), seq, ending, false);
+    futures_util::stream::unfold(state, move |(mut first, mut seq, mut ending, done)| {
         let model = model.clone();
-        let usage = usage.clone();
         async move {
             if done {
                 return None;
@@ -217,13 +212,13 @@ fn events(
             let event = match first.take() {
                 Some(e) => Some(e),
                 None => tokio::select! {
-                    e = rx.recv() => e,
+                    e = seq.recv() => e,
                     reason = &mut ending => {
                         let message = match reason {
                             EndReason::ShuttingDown => "The server is shutting down; the completion was cut short".to_string(),
                             EndReason::Deadline { ms } => format!("The completion did not finish within {ms} ms (limits.request_timeout_ms)"),
                         };
-                        return Some((Ok(error_event(&message)), (None, rx, ending, true)));
+                        return Some((Ok(error_event(&message)), (None, seq, ending, true)));
                     }
                 },
             };
@@ -236,24 +231,7 @@ fn events(
             let (out, finished) = match event {
                 Some(GenEvent::Text(text)) => (json_event(&piece(text, None)), false),
                 Some(GenEvent::Finished(done)) => {
-                    // The 200 is out: a meter that cannot settle leaves the energy out.
-                    let work = Work::Generation {
-                        output_tokens: done.completion_tokens,
-                    };
-                    let energy = settle_energy(&model, &done.energy, work)
-                        .await
-                        .ok()
-                        .flatten();
-                    let sender = usage.lock().ok().and_then(|mut u| u.take());
-                    if let Some(tx) = sender {
-                        let _ = tx.send(UsageReport::new(
-                            &model,
-                            done.prompt_tokens,
-                            done.completion_tokens,
-                            energy.as_ref(),
-                            done.max_batch,
-                        ));
-                    }
+                    let energy = seq.settle(&done).await;
                     let mut p = params::served(done.max_batch, model.precision, energy.as_ref());
                     p.insert("finish_reason".into(), Value::from(done.reason.as_str()));
                     (json_event(&piece(String::new(), Some(p))), true)
@@ -261,7 +239,7 @@ fn events(
                 Some(GenEvent::Failed(e)) => (error_event(&ApiError::from(e).message), true),
                 None => (error_event("the compute thread stopped"), true),
             };
-            Some((Ok(out), (None, rx, ending, finished)))
+            Some((Ok(out), (None, seq, ending, finished)))
         }
     })
 }

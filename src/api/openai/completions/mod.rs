@@ -22,7 +22,6 @@ use serde_json::Value;
 use self::wire::{ChatRequest, CompletionRequest, CompletionResponse, Endpoint, ResponseId};
 use crate::api::handler::{self, generate, RequestMetrics, Serving};
 use crate::api::json::JsonBody;
-use crate::api::usage::PendingUsage;
 use crate::api::{ApiError, AppState};
 
 /// `POST /v1/chat/completions`.
@@ -101,22 +100,21 @@ async fn stream(
 ) -> Result<Response, ApiError> {
     let first = s.first_event().await?;
     let rid = ResponseId::new(endpoint, &s.model.name);
-    let (usage_tx, usage_rx) = tokio::sync::oneshot::channel();
+    let (model, include_usage) = (s.model, s.plan.include_usage);
+    let (seq, pending) = s.into_stream();
     let events = sse::events(
         first,
-        s.events,
-        s.model.clone(),
+        seq,
         rid,
-        s.plan.include_usage,
+        include_usage,
         generate::ending(state, started),
-        usage_tx,
     );
     let mut resp = Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response();
-    resp.extensions_mut().insert(PendingUsage::new(usage_rx));
+    resp.extensions_mut().insert(pending);
     Serving {
-        model: s.model,
+        model,
         batch_size: None,
         timing: Vec::new(),
         until_now: ("ttft", started),

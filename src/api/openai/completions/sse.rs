@@ -3,45 +3,35 @@
 //!
 //! A stream cannot carry headers for what it has not computed yet, so its energy rides on the
 //! usage chunk. Dropping the stream (the client went away) drops the event receiver, which
-//! cancels the sequence at its next step.
+//! cancels the sequence at its next step; the usage ledger still records what it spent.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use axum::response::sse::Event;
 use futures_util::Stream;
 use serde::Serialize;
-use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::sync::oneshot;
 
 use super::wire::{Chunk, ChunkChoice, CompletionUsage, Endpoint, ResponseId, StreamError};
-use crate::api::handler::generate::{EndReason, Ending};
-use crate::api::usage::{settle_energy, UsageEnergy, UsageReport};
+use crate::api::handler::generate::{EndReason, Ending, SequenceEvents};
 use crate::api::ApiError;
 use crate::batch::generation::GenEvent;
-use crate::meter::class::Work;
-use crate::registry::ServedModel;
 
 /// The chunks of one streamed completion: `first` (the event the handler waited for before
 /// answering), then the sequence's events from `rx`.
 pub fn events(
     first: GenEvent,
-    rx: UnboundedReceiver<GenEvent>,
-    model: Arc<ServedModel>,
+    seq: SequenceEvents,
     rid: ResponseId,
     include_usage: bool,
     ending: Ending,
-    usage: oneshot::Sender<UsageReport>,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let state = StreamState {
         first: Some(first),
-        rx,
-        model,
+        seq,
         rid,
         include_usage,
         ending,
-        usage: Some(usage),
         opened: false,
         closed: false,
         queued: VecDeque::new(),
@@ -77,13 +67,11 @@ fn end_error(reason: EndReason) -> StreamError {
 struct StreamState {
     /// The first event, already received.
     first: Option<GenEvent>,
-    rx: UnboundedReceiver<GenEvent>,
+    /// The sequence's events; it reports the stream's usage to the ledger however it ends.
+    seq: SequenceEvents,
     ending: Ending,
-    model: Arc<ServedModel>,
     rid: ResponseId,
     include_usage: bool,
-    /// Where the finished stream's usage goes (the ledger).
-    usage: Option<oneshot::Sender<UsageReport>>,
     /// Role chunk sent (chat).
     opened: bool,
     /// `[DONE]` queued: the stream ends once the queue is empty.
@@ -113,7 +101,7 @@ impl StreamState {
             Some(first)
         } else {
             tokio::select! {
-                event = self.rx.recv() => event,
+                event = self.seq.recv() => event,
             reason = &mut self.ending => {
                 // Dropping the receiver with the stream cancels the sequence.
                     self.queued.push_back(data(&end_error(reason)));
@@ -132,56 +120,13 @@ impl StreamState {
             Some(GenEvent::Finished(done)) => {
                 let last = self.chunk(ChunkChoice::finish(endpoint, done.reason.as_str()));
                 self.queued.push_back(last);
-                let report = |energy: Option<&UsageEnergy>, model: &ServedModel| {
-                    UsageReport::new(
-                        model,
-                        done.prompt_tokens,
-                        done.completion_tokens,
-                        energy,
-                        done.max_batch,
-                    )
-                };
                 if self.include_usage {
-                    // The 200 is out: a meter that cannot settle leaves `energy` out rather
-                    // than failing a completion that was delivered.
-                    let work = Work::Generation {
-                        output_tokens: done.completion_tokens,
-                    };
-                    let energy = settle_energy(&self.model, &done.energy, work)
-                        .await
-                        .ok()
-                        .flatten();
-                    if let Some(tx) = self.usage.take() {
-                        let _ = tx.send(report(energy.as_ref(), &self.model));
-                    }
+                    let energy = self.seq.settle(&done).await;
                     let usage = Chunk::usage(&self.rid, CompletionUsage::new(&done, energy));
                     self.queued.push_back(data(&usage));
                 } else {
-                    // Nothing to tell the client, but the ledger and the energy-per-request
-                    // metric count every completion: settle off the stream, which ends now.
-                    let model = self.model.clone();
-                    let usage = self.usage.take();
-                    let (prompt, completion, batch) =
-                        (done.prompt_tokens, done.completion_tokens, done.max_batch);
-                    tokio::spawn(async move {
-                        let work = Work::Generation {
-                            output_tokens: completion,
-                        };
-                        let energy = settle_energy(&model, &done.energy, work)
-                            .await
-                            .ok()
-                            .flatten();
-                        if let Some(tx) = usage {
-                            let r = UsageReport::new(
-                                &model,
-                                prompt,
-                                completion,
-                                energy.as_ref(),
-                                batch,
-                            );
-                            let _ = tx.send(r);
-                        }
-                    });
+                    // Nothing to tell the client: settle off the stream, which ends now.
+                    self.seq.settle_later(done);
                 }
                 self.finish();
             }

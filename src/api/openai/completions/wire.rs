@@ -548,6 +548,8 @@ mod tests {
             avg_watts: 30.0,
             co2e_grams: 0.25,
             cost_usd: 0.125,
+            cost_energy_usd: 0.1,
+            cost_hardware_usd: 0.025,
             carbon_intensity_g_per_kwh: 400.0,
             zone: "DE".into(),
             class: None,
