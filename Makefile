@@ -12,7 +12,7 @@ serve: models
 
 ## Fetch models and the Python test clients, check deploy/ (rules and alerts, manifests, images
 ## and the local stack, offline), then format check, clippy and all tests (what CI runs).
-test: models openai-client v2-clients focus-validator check-prometheus check-k8s check-docker
+test: models openai-client v2-clients focus-validator browser check-prometheus check-k8s check-docker
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) test --locked --workspace

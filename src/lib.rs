@@ -7,6 +7,7 @@
 pub mod api;
 pub mod batch;
 pub mod bench;
+pub mod charts;
 pub mod config;
 pub mod engine;
 pub mod governance;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod registry;
 pub mod repository;
 pub mod server;
+pub mod tco;
 
 pub use config::Config;
 pub use server::{ServeError, Server};

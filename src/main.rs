@@ -25,6 +25,9 @@ enum Command {
     Serve(ServeArgs),
     /// Load-test a server (at --url, or one started in-process) and report throughput and latency.
     Bench(Box<wattserve::bench::BenchArgs>),
+    /// The total cost of ownership of serving models, from `wattserve bench --json` reports:
+    /// machines at the latency objective, energy, CO2e and cost over the years.
+    Tco(Box<wattserve::tco::TcoArgs>),
 }
 
 #[derive(clap::Args)]
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench(&args),
+        Command::Tco(args) => tco(&args),
     }
 }
 
@@ -112,6 +116,12 @@ fn bench(args: &wattserve::bench::BenchArgs) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+            if let Some(path) = &args.html {
+                if let Err(e) = std::fs::write(path, wattserve::bench::html::page(&report)) {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(
@@ -126,6 +136,42 @@ fn bench(args: &wattserve::bench::BenchArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn tco(args: &wattserve::tco::TcoArgs) -> ExitCode {
+    let report = match wattserve::tco::run(args) {
+        Ok(r) => r,
+        Err(e @ wattserve::tco::TcoError::Usage(_)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", wattserve::tco::output::markdown(&report));
+    let json = match serde_json::to_string_pretty(&report) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: cannot write the report as JSON: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let files = [
+        (&args.csv, wattserve::tco::output::csv(&report)),
+        (&args.json, json),
+        (&args.html, wattserve::tco::html::page(&report)),
+    ];
+    for (path, text) in files {
+        if let Some(path) = path {
+            if let Err(e) = std::fs::write(path, text) {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// candle's CPU kernels size their pools from `RAYON_NUM_THREADS`; set it before any pool or

@@ -200,6 +200,8 @@ impl Server {
             closing.end_streams();
             tokio::time::sleep(STREAMS_END_WITHIN).await;
         };
+        // The last minutes for `/v1/stats` and the console (stops with the state).
+        state.stats_history().spawn_sampler();
         let serving = tokio::spawn(listener::serve(
             listener,
             app,

@@ -5,6 +5,8 @@
 
 pub mod auth;
 pub mod budget;
+pub mod budgets_query;
+pub mod console;
 pub mod error;
 pub mod grpc;
 pub mod handler;
@@ -12,6 +14,7 @@ pub mod json;
 pub mod meta;
 pub mod openai;
 pub mod request_id;
+pub mod stats;
 pub mod usage;
 pub mod usage_export;
 pub mod usage_query;
@@ -50,6 +53,8 @@ struct StateInner {
     tokenizing: Arc<Semaphore>,
     /// The usage ledger and its reader; `None` when `usage.enabled` is false.
     usage: Option<UsageBackend>,
+    /// The last minutes of metrics, for `/v1/stats` and the console.
+    stats: stats::History,
 }
 
 /// Where usage is recorded and read back.
@@ -77,6 +82,7 @@ impl AppState {
                 closing: watch::Sender::new(false),
                 tokenizing: Arc::new(Semaphore::new(limits_tokenizers)),
                 usage,
+                stats: stats::History::default(),
             }),
         }
     }
@@ -106,6 +112,11 @@ impl AppState {
     /// The usage ledger, when kept.
     pub fn usage(&self) -> Option<&UsageBackend> {
         self.inner.usage.as_ref()
+    }
+
+    /// The samples `/v1/stats` reads (the server starts their sampler).
+    pub fn stats_history(&self) -> &stats::History {
+        &self.inner.stats
     }
 
     /// The API keys and the paths open without one.
@@ -159,6 +170,9 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(meta::metrics))
         .route("/v1/usage", get(usage_query::usage))
         .route("/v1/usage/export", get(usage_export::export))
+        .route("/v1/budgets", get(budgets_query::budgets))
+        .route("/v1/stats", get(stats::stats))
+        .route("/ui", get(console::ui))
         .merge(v2::routes())
         .fallback(
             |uri: Uri| async move { ApiError::no_route(uri.path()).into_response_for(uri.path()) },

@@ -8,6 +8,7 @@
 //! batching on and off are compared in one run; `--offline-ceiling` times the engine alone.
 
 pub mod generation;
+pub mod html;
 pub mod inputs;
 pub mod load;
 pub mod procfs;
@@ -108,6 +109,9 @@ pub struct BenchArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write the report as a self-contained HTML page with charts here.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
 }
 
 /// Why a benchmark could not run.

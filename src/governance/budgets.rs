@@ -256,6 +256,92 @@ impl Budgets {
     }
 }
 
+/// One limit of a budget and what was used against it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LimitStatus {
+    /// `usd`, `kwh` or `gco2e`.
+    pub unit: &'static str,
+    /// The limit per period.
+    pub limit: f64,
+    /// Used this period.
+    pub used: f64,
+    /// `used / limit`.
+    pub fraction: f64,
+}
+
+/// Where a budget stands this period (`GET /v1/budgets`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetStatus {
+    /// Its name (`daily budget of team-a/chat`).
+    pub name: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The project, when the budget is one project's.
+    pub project: Option<String>,
+    /// `day` or `month`.
+    pub period: Period,
+    /// The period's start, RFC 3339 UTC.
+    pub period_start: String,
+    /// The period's end (when it resets), RFC 3339 UTC.
+    pub period_end: String,
+    /// Each limit.
+    pub limits: Vec<LimitStatus>,
+    /// The share past which responses warn.
+    pub soft_fraction: f64,
+    /// `ok`, `warning` (past the soft fraction) or `exceeded` (requests are refused).
+    pub state: &'static str,
+}
+
+impl Budgets {
+    /// Every budget's standing now (only `tenant`'s when given).
+    pub fn statuses(&self, now_ms: i64, tenant: Option<&str>) -> Vec<BudgetStatus> {
+        let Ok(mut entries) = self.entries.lock() else {
+            return Vec::new();
+        };
+        entries
+            .iter_mut()
+            .filter(|e| tenant.is_none_or(|t| e.config.tenant == t))
+            .map(|e| {
+                roll(e, now_ms);
+                let c = &e.config;
+                let limits: Vec<LimitStatus> = [
+                    (c.usd, e.spent.usd, "usd"),
+                    (c.kwh, e.spent.joules / JOULES_PER_KWH, "kwh"),
+                    (c.gco2e, e.spent.gco2e, "gco2e"),
+                ]
+                .into_iter()
+                .filter_map(|(limit, used, unit)| {
+                    limit.map(|limit| LimitStatus {
+                        unit,
+                        limit,
+                        used,
+                        fraction: used / limit,
+                    })
+                })
+                .collect();
+                let worst = limits.iter().map(|l| l.fraction).fold(0.0, f64::max);
+                BudgetStatus {
+                    name: c.name(),
+                    tenant: c.tenant.clone(),
+                    project: c.project.clone(),
+                    period: c.period,
+                    period_start: rfc3339(e.period_start_ms),
+                    period_end: rfc3339(period_end(c.period, e.period_start_ms)),
+                    limits,
+                    soft_fraction: c.soft_fraction,
+                    state: if worst >= 1.0 {
+                        "exceeded"
+                    } else if worst >= c.soft_fraction {
+                        "warning"
+                    } else {
+                        "ok"
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
 /// Starts a new period when the current one is over.
 fn roll(e: &mut Entry, now_ms: i64) {
     if now_ms >= period_end(e.config.period, e.period_start_ms) {

@@ -328,3 +328,77 @@ pub async fn spawn_server(config: &std::path::Path) -> (std::process::Child, Str
     }
     (child, addr, output)
 }
+
+/// Writes a keys file of `(name, key)` entries (each line `NAME SHA256-OF-KEY`, then any extra
+/// words of the entry: `project=P`, `admin`) into `dir`; returns its path.
+#[allow(dead_code)]
+pub fn keys_file(dir: &std::path::Path, entries: &[(&str, &str, &str)]) -> PathBuf {
+    let path = dir.join("keys");
+    let text: String = entries
+        .iter()
+        .map(|(name, key, extra)| format!("{name} {} {extra}\n", sha256_hex(key)))
+        .collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Loads `url` in headless Chromium with `tests/browser/check_page.mjs` (sending `headers`),
+/// waits for the page to be ready, saves a screenshot as `target/browser-artifacts/NAME.png`, and
+/// returns the checker's report (`ok`, `charts` with their data points, console errors, requests
+/// outside the page's origin). `None` (a skip, saying how to set it up) when the browser tools
+/// are missing, a failure under `CI=true`.
+#[allow(dead_code)]
+pub fn check_page(
+    url: &str,
+    headers: &[&str],
+    min_charts: usize,
+    texts: &[&str],
+    name: &str,
+) -> Option<serde_json::Value> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let modules = root.join("target/browser/node_modules/playwright-core");
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if !modules.is_dir() || !chromium.is_file() {
+        let msg = format!(
+            "no headless browser (need {} and {}); run `make browser` (make test does)",
+            modules.display(),
+            chromium.display()
+        );
+        assert!(
+            !weights_required(),
+            "{msg} (CI=true: a missing browser fails)"
+        );
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    let artifacts = root.join("target/browser-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let shot = artifacts.join(format!("{name}.png"));
+    let mut cmd = std::process::Command::new("node");
+    cmd.arg(root.join("tests/browser/check_page.mjs"))
+        .args(["--url", url, "--screenshot"])
+        .arg(&shot)
+        .args(["--min-charts", &min_charts.to_string()]);
+    for h in headers {
+        cmd.args(["--header", h]);
+    }
+    for t in texts {
+        cmd.args(["--text", t]);
+    }
+    let out = cmd.output().expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "check_page printed no report: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(shot.is_file(), "no screenshot at {}", shot.display());
+    Some(report)
+}

@@ -1,0 +1,231 @@
+//! The TCO report as a self-contained HTML page: the winners in one sentence each, then the
+//! pictures (the total cost over the years per option, stacked into hardware, energy and
+//! operations; CO2e by zone; cost per million units by precision) and the table.
+
+use super::output::traffic;
+use super::{option_name, TcoReport};
+use crate::charts::page::Page;
+use crate::charts::{human, BarChart, Series};
+
+/// The page.
+pub fn page(r: &TcoReport) -> String {
+    let longest = r.longest();
+    let mut p = Page::new(
+        "wattserve TCO",
+        &format!(
+            "Objective {}; traffic {}; peak/mean {}; growth {:.0}%/year; PUE {}; ${}/kWh; operations ${}/month. Throughput, latency and energy measured by wattserve bench.",
+            r.slo,
+            traffic(r),
+            r.peak_to_mean,
+            r.growth * 100.0,
+            r.pue,
+            r.usd_per_kwh,
+            r.ops_usd_per_month
+        ),
+    );
+    let total = |i: usize| {
+        r.options[i]
+            .horizons
+            .iter()
+            .find(|h| h.years == longest)
+            .cloned()
+    };
+    if let Some(h) = r.cheapest.and_then(total) {
+        let o = &r.options[r.cheapest.unwrap_or(0)];
+        p.paragraph(
+            &format!(
+                "Cheapest over {longest} years: {} — ${:.2} (hardware ${:.2}, energy ${:.2}, operations ${:.2}); {} machine(s) in year 1.",
+                option_name(o),
+                h.total_usd,
+                h.hardware_usd,
+                h.energy_usd,
+                h.ops_usd,
+                o.years[0].machines
+            ),
+            Some("win"),
+        );
+    }
+    if let Some(h) = r.lowest_carbon.and_then(total) {
+        let o = &r.options[r.lowest_carbon.unwrap_or(0)];
+        p.paragraph(
+            &format!(
+                "Lowest carbon over {longest} years: {} — {} kgCO2e ({} kWh).",
+                option_name(o),
+                human(h.co2e_kg),
+                human(h.kwh)
+            ),
+            Some("win"),
+        );
+    }
+    for u in &r.unmet {
+        p.paragraph(
+            &format!(
+                "{} on {} cannot meet {} at any measured level.",
+                u.model, u.hardware, r.slo
+            ),
+            None,
+        );
+    }
+    let mut charts = Vec::new();
+    // TCO over the years, stacked, per option: one group per option × horizon.
+    let mut categories = Vec::new();
+    let mut parts = [
+        ("hardware", Vec::new()),
+        ("energy", Vec::new()),
+        ("operations", Vec::new()),
+    ];
+    for o in &r.options {
+        for h in &o.horizons {
+            categories.push(format!(
+                "{} {} {} · {}y",
+                o.capacity.model, o.capacity.hardware, o.zone, h.years
+            ));
+            parts[0].1.push(h.hardware_usd);
+            parts[1].1.push(h.energy_usd);
+            parts[2].1.push(h.ops_usd);
+        }
+    }
+    charts.push(
+        BarChart {
+            id: "tco-years".into(),
+            title: "Total cost of ownership by horizon".into(),
+            unit: "USD".into(),
+            categories,
+            series: parts
+                .into_iter()
+                .map(|(name, values)| Series {
+                    name: name.into(),
+                    values,
+                })
+                .collect(),
+            stacked: true,
+        }
+        .svg(),
+    );
+    // CO2e by zone: one group per zone, one bar per model × precision × hardware.
+    let mut zones: Vec<String> = Vec::new();
+    let mut setups: Vec<String> = Vec::new();
+    for o in &r.options {
+        if !zones.contains(&o.zone) {
+            zones.push(o.zone.clone());
+        }
+        let s = setup(o);
+        if !setups.contains(&s) {
+            setups.push(s);
+        }
+    }
+    let per_zone = |f: &dyn Fn(&super::model::Priced) -> f64| -> Vec<Series> {
+        setups
+            .iter()
+            .map(|s| Series {
+                name: s.clone(),
+                values: zones
+                    .iter()
+                    .map(|z| {
+                        r.options
+                            .iter()
+                            .find(|o| &o.zone == z && &setup(o) == s)
+                            .map_or(f64::NAN, f)
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    charts.push(
+        BarChart {
+            id: "co2e-by-zone".into(),
+            title: format!("CO2e over {longest} years by zone (operational + embodied)"),
+            unit: "kgCO2e".into(),
+            categories: zones.clone(),
+            series: per_zone(&|o| {
+                o.horizons
+                    .iter()
+                    .find(|h| h.years == longest)
+                    .map_or(0.0, |h| h.co2e_kg)
+            }),
+            stacked: false,
+        }
+        .svg(),
+    );
+    // Cost per million units by precision (first zone: cost does not depend on the zone).
+    let first_zone = zones.first().cloned().unwrap_or_default();
+    let in_zone: Vec<_> = r.options.iter().filter(|o| o.zone == first_zone).collect();
+    charts.push(
+        BarChart {
+            id: "cost-per-million".into(),
+            title: "Cost per million units of work, year 1".into(),
+            unit: "USD per 1M".into(),
+            categories: in_zone
+                .iter()
+                .map(|o| {
+                    format!(
+                        "{} ({}) {}",
+                        o.capacity.model, o.capacity.precision, o.capacity.hardware
+                    )
+                })
+                .collect(),
+            series: vec![Series {
+                name: "USD per 1M requests or output tokens".into(),
+                values: in_zone.iter().map(|o| o.usd_per_million).collect(),
+            }],
+            stacked: false,
+        }
+        .svg(),
+    );
+    p.heading("Pictures").charts(&charts);
+    let mut headers = vec![
+        "model",
+        "precision",
+        "hardware",
+        "zone",
+        "at objective",
+        "machines",
+        "kWh/yr",
+        "kgCO2e/yr",
+        "$ per 1M",
+    ];
+    let labels: Vec<String> = r.horizons.iter().map(|n| format!("TCO {n}y $")).collect();
+    headers.extend(labels.iter().map(String::as_str));
+    let rows: Vec<Vec<String>> = r
+        .options
+        .iter()
+        .map(|o| {
+            let first = &o.years[0];
+            let last = o.years.last().unwrap_or(first);
+            let mut row = vec![
+                o.capacity.model.clone(),
+                o.capacity.precision.clone(),
+                o.capacity.hardware.clone(),
+                o.zone.clone(),
+                format!(
+                    "{}/s at {} ({:.0} ms)",
+                    human(o.capacity.per_second),
+                    o.capacity.level,
+                    o.capacity.latency_ms
+                ),
+                format!("{} → {}", first.machines, last.machines),
+                human(first.kwh),
+                human(first.co2e_kg()),
+                format!("{:.4}", o.usd_per_million),
+            ];
+            for n in &r.horizons {
+                row.push(
+                    o.horizons
+                        .iter()
+                        .find(|h| h.years == *n)
+                        .map_or("-".into(), |h| format!("{:.2}", h.total_usd)),
+                );
+            }
+            row
+        })
+        .collect();
+    p.heading("Options").table(&headers, &rows);
+    p.finish("wattserve tco — formulas and inputs: docs/tco.md")
+}
+
+fn setup(o: &super::model::Priced) -> String {
+    format!(
+        "{} ({}) on {}",
+        o.capacity.model, o.capacity.precision, o.capacity.hardware
+    )
+}
