@@ -139,7 +139,26 @@ fn bench(args: &wattserve::bench::BenchArgs) -> ExitCode {
 }
 
 fn tco(args: &wattserve::tco::TcoArgs) -> ExitCode {
-    let report = match wattserve::tco::run(args) {
+    let live = match &args.traffic_from {
+        None => None,
+        Some(url) => {
+            let Some(runtime) = runtime() else {
+                return ExitCode::FAILURE;
+            };
+            match runtime.block_on(wattserve::tco::live_traffic(
+                url,
+                args.api_key.as_deref(),
+                args.traffic_days,
+            )) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    };
+    let report = match wattserve::tco::run(args, live.as_ref()) {
         Ok(r) => r,
         Err(e @ wattserve::tco::TcoError::Usage(_)) => {
             eprintln!("error: {e}");

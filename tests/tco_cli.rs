@@ -2,6 +2,8 @@
 //! same machine) priced in two grid zones, checked against figures computed by hand, in every
 //! output (the Markdown table, CSV, JSON, HTML).
 
+mod common;
+
 use std::process::Command;
 
 use serde_json::{json, Value};
@@ -220,4 +222,71 @@ fn tco_says_what_is_wrong_with_its_inputs() {
         stdout.contains("cannot meet p99 ≤ 10 ms on a: minilm (levels measured: c=1: 150 ms)"),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tco_takes_the_traffic_from_a_running_servers_ledger() {
+    if !common::minilm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let levels = [("c=1", 100.0, 20.0, 0.1), ("c=8", 200.0, 80.0, 0.06)];
+    std::fs::write(
+        dir.path().join("f32.json"),
+        report("f32", &levels).to_string(),
+    )
+    .unwrap();
+    let ledger = dir.path().join("usage.sqlite");
+    let s = common::TestServer::start(move |c| {
+        c.server.models = vec!["minilm".into()];
+        c.usage.path = ledger;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    for input in ["a", "b", "c"] {
+        let r = client
+            .post(s.url("/v1/embeddings"))
+            .json(&json!({"model": "minilm", "input": input}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // A refused request is not traffic to serve.
+    let r = client
+        .post(s.url("/v1/embeddings"))
+        .json(&json!({"model": "minilm", "input": ""}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let url = s.url("");
+    let dir_path = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_wattserve"))
+            .args(["tco", "--bench", "f32.json", "--traffic-from", &url])
+            .args(["--traffic-days", "1", "--json", "t.json"])
+            .args(["--hardware", "vm:usd_per_hour=0.1"])
+            .current_dir(dir_path)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("minilm 3.00 requests/day (usage ledger)"),
+        "{stdout}"
+    );
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("t.json")).unwrap()).unwrap();
+    assert_eq!(r["traffic"][0]["per_day"], 3.0, "{r}");
+    assert_eq!(r["traffic"][0]["source"], "usage ledger");
+    assert_eq!(r["options"][0]["years"][0]["units"], 3.0 * 365.0);
+    s.stop().await.unwrap();
 }

@@ -31,6 +31,18 @@ pub struct TcoArgs {
     /// Generation traffic: output tokens per day in the first year.
     #[arg(long)]
     pub tokens_per_day: Option<f64>,
+    /// Take each model's traffic from a running server's usage ledger instead: its requests
+    /// (embeddings) or output tokens (generation) per day over the last `--traffic-days`, read
+    /// from `URL/v1/usage` (an admin key sees every tenant's). Models it did not serve fall back
+    /// to --requests-per-day / --tokens-per-day.
+    #[arg(long, value_name = "URL")]
+    pub traffic_from: Option<String>,
+    /// The API key for --traffic-from (or WATTSERVE_API_KEY).
+    #[arg(long, env = "WATTSERVE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Days of usage --traffic-from averages over.
+    #[arg(long, default_value_t = 7)]
+    pub traffic_days: u32,
     /// The busiest rate over the mean rate (sizes the fleet for the peak).
     #[arg(long, default_value_t = 3.0)]
     pub peak_to_mean: f64,
@@ -86,6 +98,65 @@ pub enum TcoError {
     /// The options do not fit together.
     #[error("{0}")]
     Usage(String),
+    /// The server named by --traffic-from did not answer as expected.
+    #[error("--traffic-from {url}: {message}")]
+    Live {
+        /// The server.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Each model's traffic per day as a server's usage ledger saw it: `(requests, output tokens)`.
+pub type LiveTraffic = std::collections::HashMap<String, (f64, f64)>;
+
+/// Reads each model's mean traffic per day over the last `days` from `url`'s `/v1/usage`.
+pub async fn live_traffic(
+    url: &str,
+    key: Option<&str>,
+    days: u32,
+) -> Result<LiveTraffic, TcoError> {
+    let fail = |message: String| TcoError::Live {
+        url: url.to_string(),
+        message,
+    };
+    let days = days.max(1);
+    let now = crate::governance::ledger::now_ms() / 1000;
+    let from = now - i64::from(days) * 86_400;
+    let mut req = reqwest::Client::new().get(format!(
+        "{}/v1/usage?group_by=model&from={from}&to={}",
+        url.trim_end_matches('/'),
+        now + 1
+    ));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let resp = req.send().await.map_err(|e| fail(e.to_string()))?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.map_err(|e| fail(e.to_string()))?;
+    if !status.is_success() {
+        return Err(fail(format!(
+            "{status}: {}",
+            body["error"]["message"].as_str().unwrap_or("no message")
+        )));
+    }
+    let rows = body["data"]
+        .as_array()
+        .ok_or_else(|| fail(format!("no `data` in {body}")))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let model = r["model"].as_str()?.to_string();
+            let requests =
+                r["requests"].as_f64().unwrap_or(0.0) - r["errors"].as_f64().unwrap_or(0.0);
+            let tokens = r["completion_tokens"].as_f64().unwrap_or(0.0);
+            Some((
+                model,
+                (requests / f64::from(days), tokens / f64::from(days)),
+            ))
+        })
+        .collect())
 }
 
 /// A model the objective cannot be met for on some hardware: no measured level is fast enough.
@@ -128,6 +199,21 @@ pub struct TcoReport {
     pub lowest_carbon: Option<usize>,
     /// Models that cannot meet the objective on some hardware.
     pub unmet: Vec<Unmet>,
+    /// Each model's traffic per day in the first year, and where it came from.
+    pub traffic: Vec<ModelTraffic>,
+}
+
+/// The traffic a model was priced for.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelTraffic {
+    /// The model.
+    pub model: String,
+    /// `requests` or `output tokens`.
+    pub unit: &'static str,
+    /// Units per day in the first year.
+    pub per_day: f64,
+    /// `usage ledger` (--traffic-from) or `given`.
+    pub source: &'static str,
 }
 
 impl TcoReport {
@@ -214,8 +300,8 @@ fn unique<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
     out
 }
 
-/// Computes the report.
-pub fn run(args: &TcoArgs) -> Result<TcoReport, TcoError> {
+/// Computes the report (`live`: the traffic read by [`live_traffic`], when --traffic-from).
+pub fn run(args: &TcoArgs, live: Option<&LiveTraffic>) -> Result<TcoReport, TcoError> {
     check(args)?;
     let traffic = |per_day: f64| Traffic {
         per_day,
@@ -229,6 +315,7 @@ pub fn run(args: &TcoArgs) -> Result<TcoReport, TcoError> {
     };
     let mut options = Vec::new();
     let mut unmet = Vec::new();
+    let mut traffic_used: Vec<(String, &'static str, f64, bool)> = Vec::new();
     for src in &args.bench {
         let hardware = hardware_of(src, &args.hardware)?;
         let file = inputs::read_bench(&src.path)?;
@@ -306,22 +393,30 @@ pub fn run(args: &TcoArgs) -> Result<TcoReport, TcoError> {
                     continue;
                 }
             };
-            let per_day = if unit == "requests" {
-                args.requests_per_day
-            } else {
-                args.tokens_per_day
-            }
-            .ok_or_else(|| {
-                TcoError::Usage(format!(
-                    "`{model}` in {} serves {unit}: give --{}",
-                    src.path.display(),
-                    if unit == "requests" {
-                        "requests-per-day"
-                    } else {
-                        "tokens-per-day"
-                    }
-                ))
-            })?;
+            let measured = live.and_then(|l| l.get(model)).map(|&(requests, tokens)| {
+                if unit == "requests" {
+                    requests
+                } else {
+                    tokens
+                }
+            });
+            let per_day = measured
+                .or(if unit == "requests" {
+                    args.requests_per_day
+                } else {
+                    args.tokens_per_day
+                })
+                .ok_or_else(|| {
+                    TcoError::Usage(format!(
+                        "`{model}` in {} serves {unit}: give --{}",
+                        src.path.display(),
+                        if unit == "requests" {
+                            "requests-per-day"
+                        } else {
+                            "tokens-per-day"
+                        }
+                    ))
+                })?;
             let capacity = Capacity {
                 model: model.to_string(),
                 precision: precision(model),
@@ -332,6 +427,7 @@ pub fn run(args: &TcoArgs) -> Result<TcoReport, TcoError> {
                 joules_per_unit,
                 hardware: hardware.name.clone(),
             };
+            traffic_used.push((model.to_string(), unit, per_day, measured.is_some()));
             for zone in &args.zones {
                 options.push(model::price(
                     &capacity,
@@ -371,5 +467,19 @@ pub fn run(args: &TcoArgs) -> Result<TcoReport, TcoError> {
         horizons,
         options,
         unmet,
+        traffic: {
+            let mut seen: Vec<ModelTraffic> = Vec::new();
+            for (model, unit, per_day, measured) in traffic_used {
+                if !seen.iter().any(|t| t.model == model) {
+                    seen.push(ModelTraffic {
+                        model,
+                        unit,
+                        per_day,
+                        source: if measured { "usage ledger" } else { "given" },
+                    });
+                }
+            }
+            seen
+        },
     })
 }

@@ -138,6 +138,22 @@ fn short_unit(unit: &str) -> &str {
 
 /// The traffic in words.
 pub fn traffic(r: &TcoReport) -> String {
+    if r.traffic.iter().any(|t| t.source != "given") {
+        return r
+            .traffic
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} {} {}/day ({})",
+                    t.model,
+                    human(t.per_day),
+                    t.unit,
+                    t.source
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+    }
     let mut parts = Vec::new();
     if let Some(n) = r.requests_per_day {
         parts.push(format!("{} requests/day", human(n)));
