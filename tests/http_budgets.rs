@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::io::Write;
-
 use serde_json::{json, Value};
 
-use common::{metric_sum, sha256_hex, TestServer};
+use common::{keys_file, metric_sum, TestServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_used_up_budget_refuses_before_compute_and_survives_a_restart() {
@@ -19,15 +17,10 @@ async fn a_used_up_budget_refuses_before_compute_and_survives_a_restart() {
     }
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("usage.sqlite");
-    let keys = dir.path().join("keys");
-    let mut f = std::fs::File::create(&keys).unwrap();
-    writeln!(
-        f,
-        "team-e {}\nteam-f {}",
-        sha256_hex("sk-e"),
-        sha256_hex("sk-f")
-    )
-    .unwrap();
+    let keys = keys_file(
+        dir.path(),
+        &[("team-e", "sk-e", ""), ("team-f", "sk-f", "")],
+    );
     // About 0.5 J per embedding here: a few requests use up 1 J (2.8e-7 kWh).
     let limit_kwh = 1.0 / 3.6e6;
     let config = move |ledger: std::path::PathBuf, keys: std::path::PathBuf| {

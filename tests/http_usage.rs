@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{sha256_hex, TestServer};
+use common::{keys_file, TestServer};
 
 /// What a tenant was told it spent: requests, errors, joules, gCO2e, $.
 #[derive(Debug, Default, Clone, Copy)]
@@ -141,15 +140,10 @@ async fn each_tenant_sees_what_it_was_told_it_spent_across_a_restart() {
     }
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("usage.sqlite");
-    let keys = dir.path().join("keys");
-    let mut f = std::fs::File::create(&keys).unwrap();
-    writeln!(
-        f,
-        "team-a {}\nteam-b {}",
-        sha256_hex("sk-a"),
-        sha256_hex("sk-b")
-    )
-    .unwrap();
+    let keys = keys_file(
+        dir.path(),
+        &[("team-a", "sk-a", ""), ("team-b", "sk-b", "")],
+    );
     let config = |ledger: std::path::PathBuf, keys: std::path::PathBuf| {
         move |c: &mut wattserve::config::Config| {
             c.server.models = vec!["minilm".into(), "smollm2".into()];
@@ -368,16 +362,18 @@ async fn projects_are_charged_as_keys_allow_and_admins_see_every_tenant() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    let mut f = std::fs::File::create(&keys).unwrap();
-    writeln!(
-        f,
-        "team-c {} project=search project=chat default-project=search\nteam-d {}\nops {} admin",
-        sha256_hex("sk-c"),
-        sha256_hex("sk-d"),
-        sha256_hex("sk-ops")
-    )
-    .unwrap();
+    let keys = keys_file(
+        dir.path(),
+        &[
+            (
+                "team-c",
+                "sk-c",
+                "project=search project=chat default-project=search",
+            ),
+            ("team-d", "sk-d", ""),
+            ("ops", "sk-ops", "admin"),
+        ],
+    );
     let s = TestServer::start(move |c| c.auth.keys_file = Some(keys)).await;
     let embed = |key: &'static str, project: Option<&'static str>| {
         let mut req = reqwest::Client::new()

@@ -41,6 +41,9 @@ pub fn escape(s: &str) -> String {
 /// A number as a reader wants it: 3 significant digits, thousands as k/M/G.
 pub fn human(v: f64) -> String {
     let a = v.abs();
+    if v.fract() == 0.0 && a < 1e4 {
+        return format!("{v:.0}");
+    }
     let (x, suffix) = if a >= 1e9 {
         (v / 1e9, "G")
     } else if a >= 1e6 {
@@ -386,6 +389,7 @@ mod tests {
         assert_eq!(human(1234.0), "1234");
         assert_eq!(human(12345.0), "12.3k");
         assert_eq!(human(2.5e6), "2.50M");
+        assert_eq!(human(4.0), "4", "whole numbers stay whole");
         assert_eq!(human(0.01234), "0.0123");
         assert_eq!(nice_step(97.0, 5.0), 20.0);
         assert_eq!(nice_step(0.0, 5.0), 1.0);

@@ -67,19 +67,23 @@ pub fn page(r: &TcoReport) -> String {
         );
     }
     let mut charts = Vec::new();
-    // TCO over the years, stacked, per option: one group per option × horizon.
+    // Cost does not depend on the grid zone: the first zone's options stand for all.
+    let first_zone = r
+        .options
+        .first()
+        .map(|o| o.zone.clone())
+        .unwrap_or_default();
+    let in_zone: Vec<_> = r.options.iter().filter(|o| o.zone == first_zone).collect();
+    // TCO over the years, stacked: one group per model × precision × hardware × horizon.
     let mut categories = Vec::new();
     let mut parts = [
         ("hardware", Vec::new()),
         ("energy", Vec::new()),
         ("operations", Vec::new()),
     ];
-    for o in &r.options {
+    for o in &in_zone {
         for h in &o.horizons {
-            categories.push(format!(
-                "{} {} {} · {}y",
-                o.capacity.model, o.capacity.hardware, o.zone, h.years
-            ));
+            categories.push(format!("{} · {}y", setup(o), h.years));
             parts[0].1.push(h.hardware_usd);
             parts[1].1.push(h.energy_usd);
             parts[2].1.push(h.ops_usd);
@@ -88,7 +92,7 @@ pub fn page(r: &TcoReport) -> String {
     charts.push(
         BarChart {
             id: "tco-years".into(),
-            title: "Total cost of ownership by horizon".into(),
+            title: "Total cost of ownership by horizon (any zone)".into(),
             unit: "USD".into(),
             categories,
             series: parts
@@ -147,9 +151,7 @@ pub fn page(r: &TcoReport) -> String {
         }
         .svg(),
     );
-    // Cost per million units by precision (first zone: cost does not depend on the zone).
-    let first_zone = zones.first().cloned().unwrap_or_default();
-    let in_zone: Vec<_> = r.options.iter().filter(|o| o.zone == first_zone).collect();
+    // Cost per million units by model, precision and hardware.
     charts.push(
         BarChart {
             id: "cost-per-million".into(),
@@ -173,52 +175,8 @@ pub fn page(r: &TcoReport) -> String {
         .svg(),
     );
     p.heading("Pictures").charts(&charts);
-    let mut headers = vec![
-        "model",
-        "precision",
-        "hardware",
-        "zone",
-        "at objective",
-        "machines",
-        "kWh/yr",
-        "kgCO2e/yr",
-        "$ per 1M",
-    ];
-    let labels: Vec<String> = r.horizons.iter().map(|n| format!("TCO {n}y $")).collect();
-    headers.extend(labels.iter().map(String::as_str));
-    let rows: Vec<Vec<String>> = r
-        .options
-        .iter()
-        .map(|o| {
-            let first = &o.years[0];
-            let last = o.years.last().unwrap_or(first);
-            let mut row = vec![
-                o.capacity.model.clone(),
-                o.capacity.precision.clone(),
-                o.capacity.hardware.clone(),
-                o.zone.clone(),
-                format!(
-                    "{}/s at {} ({:.0} ms)",
-                    human(o.capacity.per_second),
-                    o.capacity.level,
-                    o.capacity.latency_ms
-                ),
-                format!("{} → {}", first.machines, last.machines),
-                human(first.kwh),
-                human(first.co2e_kg()),
-                format!("{:.4}", o.usd_per_million),
-            ];
-            for n in &r.horizons {
-                row.push(
-                    o.horizons
-                        .iter()
-                        .find(|h| h.years == *n)
-                        .map_or("-".into(), |h| format!("{:.2}", h.total_usd)),
-                );
-            }
-            row
-        })
-        .collect();
+    let (header, rows) = super::output::table(r);
+    let headers: Vec<&str> = header.iter().map(String::as_str).collect();
     p.heading("Options").table(&headers, &rows);
     p.finish("wattserve tco — formulas and inputs: docs/tco.md")
 }

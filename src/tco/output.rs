@@ -25,19 +25,7 @@ pub fn markdown(r: &TcoReport) -> String {
         r.ops_usd_per_month
     );
     out.push('\n');
-    let mut header = vec![
-        "model".to_string(),
-        "precision".into(),
-        "hardware".into(),
-        "zone".into(),
-        "at objective".into(),
-        "machines (y1→last)".into(),
-        "kWh/year".into(),
-        "kgCO2e/year (op+emb)".into(),
-        "$ per 1M".into(),
-    ];
-    header.extend(r.horizons.iter().map(|n| format!("TCO {n}y $")));
-    header.extend(r.horizons.iter().map(|n| format!("CO2e {n}y kg")));
+    let (header, rows) = table(r);
     let _ = writeln!(out, "| {} |", header.join(" | "));
     let _ = writeln!(
         out,
@@ -48,39 +36,7 @@ pub fn markdown(r: &TcoReport) -> String {
             .map(|(i, _)| if i < 4 { "---|" } else { "---:|" })
             .collect::<String>()
     );
-    for o in &r.options {
-        let first = &o.years[0];
-        let last = o.years.last().unwrap_or(first);
-        let mut row = vec![
-            o.capacity.model.clone(),
-            o.capacity.precision.clone(),
-            o.capacity.hardware.clone(),
-            o.zone.clone(),
-            format!(
-                "{} {}/s ({}, {:.0} ms)",
-                human(o.capacity.per_second),
-                short_unit(o.capacity.unit),
-                o.capacity.level,
-                o.capacity.latency_ms
-            ),
-            format!("{}→{}", first.machines, last.machines),
-            human(first.kwh),
-            format!(
-                "{} ({}+{})",
-                human(first.co2e_kg()),
-                human(first.co2e_operational_kg),
-                human(first.co2e_embodied_kg)
-            ),
-            format!("{:.4}", o.usd_per_million),
-        ];
-        for n in &r.horizons {
-            let h = o.horizons.iter().find(|h| h.years == *n);
-            row.push(h.map_or("-".into(), |h| usd(h.total_usd)));
-        }
-        for n in &r.horizons {
-            let h = o.horizons.iter().find(|h| h.years == *n);
-            row.push(h.map_or("-".into(), |h| human(h.co2e_kg)));
-        }
+    for row in rows {
         let _ = writeln!(out, "| {} |", row.join(" | "));
     }
     out.push('\n');
@@ -126,6 +82,63 @@ pub fn markdown(r: &TcoReport) -> String {
         );
     }
     out
+}
+
+/// The options as a table: its header and one row per option (the Markdown and HTML reports).
+pub fn table(r: &TcoReport) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut header = vec![
+        "model".to_string(),
+        "precision".into(),
+        "hardware".into(),
+        "zone".into(),
+        "at objective".into(),
+        "machines (y1→last)".into(),
+        "kWh/year".into(),
+        "kgCO2e/year (op+emb)".into(),
+        "$ per 1M".into(),
+    ];
+    header.extend(r.horizons.iter().map(|n| format!("TCO {n}y $")));
+    header.extend(r.horizons.iter().map(|n| format!("CO2e {n}y kg")));
+    let rows = r
+        .options
+        .iter()
+        .map(|o| {
+            let first = &o.years[0];
+            let last = o.years.last().unwrap_or(first);
+            let mut row = vec![
+                o.capacity.model.clone(),
+                o.capacity.precision.clone(),
+                o.capacity.hardware.clone(),
+                o.zone.clone(),
+                format!(
+                    "{} {}/s ({}, {:.0} ms)",
+                    human(o.capacity.per_second),
+                    short_unit(o.capacity.unit),
+                    o.capacity.level,
+                    o.capacity.latency_ms
+                ),
+                format!("{}→{}", first.machines, last.machines),
+                human(first.kwh),
+                format!(
+                    "{} ({}+{})",
+                    human(first.co2e_kg()),
+                    human(first.co2e_operational_kg),
+                    human(first.co2e_embodied_kg)
+                ),
+                format!("{:.4}", o.usd_per_million),
+            ];
+            for n in &r.horizons {
+                let h = o.horizons.iter().find(|h| h.years == *n);
+                row.push(h.map_or("-".into(), |h| usd(h.total_usd)));
+            }
+            for n in &r.horizons {
+                let h = o.horizons.iter().find(|h| h.years == *n);
+                row.push(h.map_or("-".into(), |h| human(h.co2e_kg)));
+            }
+            row
+        })
+        .collect();
+    (header, rows)
 }
 
 fn short_unit(unit: &str) -> &str {
