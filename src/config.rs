@@ -72,6 +72,8 @@ pub struct Config {
     pub energy_class: crate::meter::class::ClassConfig,
     /// Spending limits per tenant or project (`[[budgets]]`).
     pub budgets: Vec<crate::governance::budgets::BudgetConfig>,
+    /// The response cache.
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// `[usage]`: the durable usage ledger (one record per finished request) behind `/v1/usage`.

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod batch;
 pub mod bench;
+pub mod cache;
 pub mod charts;
 pub mod config;
 pub mod engine;

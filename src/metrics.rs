@@ -77,6 +77,14 @@ pub const TENANT_CO2E: &str = "wattserve_tenant_co2e_grams_total";
 /// US dollars by tenant, project and model.
 pub const TENANT_COST: &str = "wattserve_tenant_cost_usd_total";
 
+/// Response-cache lookups that found their answer, by model and kind (`embedding`, `completion`).
+pub const CACHE_HITS: &str = "wattserve_cache_hits_total";
+/// Response-cache lookups that found nothing, by model and kind.
+pub const CACHE_MISSES: &str = "wattserve_cache_misses_total";
+/// Bytes the response cache holds.
+pub const CACHE_BYTES: &str = "wattserve_cache_bytes";
+/// Entries the response cache dropped to stay within its bound, by model.
+pub const CACHE_EVICTIONS: &str = "wattserve_cache_evictions_total";
 /// Requests refused because a budget was used up, by tenant.
 pub const BUDGET_REFUSALS: &str = "wattserve_budget_refusals_total";
 
@@ -162,6 +170,22 @@ pub fn record_read_failure(device: &str) {
 /// Sets `wattserve_device_power_watts{device}`.
 pub fn set_device_power(device: &str, watts: f64) {
     gauge!(DEVICE_POWER, "device" => device.to_string()).set(watts);
+}
+
+/// Counts one response-cache lookup of `model`'s `kind` (`embedding`, `completion`).
+pub fn record_cache_lookup(model: &str, kind: &'static str, hit: bool) {
+    let name = if hit { CACHE_HITS } else { CACHE_MISSES };
+    counter!(name, "model" => model.to_string(), "kind" => kind).increment(1);
+}
+
+/// Sets the response cache's size.
+pub fn set_cache_bytes(bytes: usize) {
+    gauge!(CACHE_BYTES).set(bytes as f64);
+}
+
+/// Counts entries of `model` the response cache dropped to stay within its bound.
+pub fn record_cache_evictions(model: &str, n: u64) {
+    counter!(CACHE_EVICTIONS, "model" => model.to_string()).increment(n);
 }
 
 /// Observes one request's energy.
@@ -265,6 +289,22 @@ fn describe() {
         "Requests answered, by model, endpoint and status"
     );
     describe_counter!(TOKENS, Unit::Count, "Tokens processed, by model and kind");
+    describe_counter!(
+        CACHE_HITS,
+        Unit::Count,
+        "Response-cache lookups answered from the cache, by model and kind"
+    );
+    describe_counter!(
+        CACHE_MISSES,
+        Unit::Count,
+        "Response-cache lookups that had to compute, by model and kind"
+    );
+    describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes held by the response cache");
+    describe_counter!(
+        CACHE_EVICTIONS,
+        Unit::Count,
+        "Response-cache entries dropped to stay within cache.max_bytes, by model"
+    );
     describe_counter!(
         ENERGY_SETTLE_FALLBACKS,
         Unit::Count,

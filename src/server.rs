@@ -104,13 +104,29 @@ impl Server {
         let metrics_listener = bind_port(&config.server.host, config.server.metrics_port).await?;
         let grpc_listener = bind_port(&config.server.host, config.server.grpc_port).await?;
         let (usage, ledger_writer) = open_usage(config)?;
+        if config.cache.max_bytes > 0 {
+            tracing::info!(
+                max_bytes = config.cache.max_bytes,
+                shared = config.cache.shared,
+                completions = config.cache.completions,
+                "response cache"
+            );
+        } else {
+            tracing::info!("response cache off (cache.max_bytes = 0)");
+        }
         Ok(Self {
             listener,
             metrics_listener,
             grpc_listener,
             ledger_writer,
             entries,
-            state: AppState::new(config.limits.clone(), auth, usage),
+            state: AppState::with_cache(
+                config.limits.clone(),
+                auth,
+                usage,
+                crate::cache::ResponseCache::new(&config.cache)
+                    .map(|c| (c, config.energy.cpu_watts_per_core)),
+            ),
             config: config.clone(),
         })
     }

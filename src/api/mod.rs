@@ -55,6 +55,8 @@ struct StateInner {
     usage: Option<UsageBackend>,
     /// The last minutes of metrics, for `/v1/stats` and the console.
     stats: stats::History,
+    /// The response cache, when on, and the watts a lookup is charged at.
+    cache: Option<(crate::cache::ResponseCache, f64)>,
 }
 
 /// Where usage is recorded and read back.
@@ -72,6 +74,17 @@ impl AppState {
     /// State with no models yet: inference answers 503 and `/ready` is not ready until
     /// [`AppState::set_registry`] is called.
     pub fn new(limits: Limits, auth: auth::Auth, usage: Option<UsageBackend>) -> Self {
+        Self::with_cache(limits, auth, usage, None)
+    }
+
+    /// The same with a response cache, whose lookups are charged at `watts` (the estimate's
+    /// watts per busy core: a lookup is a moment of one core).
+    pub fn with_cache(
+        limits: Limits,
+        auth: auth::Auth,
+        usage: Option<UsageBackend>,
+        cache: Option<(crate::cache::ResponseCache, f64)>,
+    ) -> Self {
         let limits_tokenizers = limits.tokenizers();
         Self {
             inner: Arc::new(StateInner {
@@ -83,6 +96,7 @@ impl AppState {
                 tokenizing: Arc::new(Semaphore::new(limits_tokenizers)),
                 usage,
                 stats: stats::History::default(),
+                cache,
             }),
         }
     }
@@ -117,6 +131,11 @@ impl AppState {
     /// The samples `/v1/stats` reads (the server starts their sampler).
     pub fn stats_history(&self) -> &stats::History {
         &self.inner.stats
+    }
+
+    /// The response cache and the watts its lookups are charged at, when on.
+    pub fn cache(&self) -> Option<(&crate::cache::ResponseCache, f64)> {
+        self.inner.cache.as_ref().map(|(c, w)| (c, *w))
     }
 
     /// The API keys and the paths open without one.

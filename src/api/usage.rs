@@ -30,6 +30,8 @@ pub struct UsageReport {
     pub energy: Option<UsageEnergy>,
     /// The largest batch it was part of.
     pub batch_size: u32,
+    /// Inputs (or completions) answered from the response cache.
+    pub cache_hits: u64,
 }
 
 impl UsageReport {
@@ -48,7 +50,14 @@ impl UsageReport {
             completion_tokens: completion_tokens as u64,
             energy: energy.cloned(),
             batch_size: batch_size as u32,
+            cache_hits: 0,
         }
+    }
+
+    /// The same, `hits` of whose inputs came from the response cache.
+    pub fn with_cache_hits(mut self, hits: usize) -> Self {
+        self.cache_hits = hits as u64;
+        self
     }
 }
 
@@ -131,6 +140,7 @@ fn build_record(facts: RequestFacts, report: Option<UsageReport>) -> UsageRecord
         cost_hardware_usd: e.map_or(0.0, |e| e.cost_hardware_usd),
         duration_ms: facts.duration_ms,
         batch_size: r.batch_size,
+        cache_hits: r.cache_hits,
     }
 }
 
@@ -206,6 +216,69 @@ pub async fn settle_energy(
         class: p.classes.energy_class(work, a.joules),
         carbon_class: p.classes.carbon_class(work, co2e_grams),
     }))
+}
+
+/// The energy of answering from the response cache: the lookup's `seconds` on one core at
+/// `watts` (the estimate's watts per busy core), labelled `estimate` whatever the model's meter
+/// (a lookup is below any counter's resolution), priced like any request, and counted in the
+/// model's energy, CO2e and cost counters so that the headers still add up to them. `None` when
+/// the model is not metered.
+pub fn lookup_energy(
+    model: &ServedModel,
+    seconds: f64,
+    watts: f64,
+    work: Work,
+) -> Option<UsageEnergy> {
+    let meter = model.meter.as_ref()?;
+    let p = meter.pricing();
+    let joules = seconds * watts;
+    let co2e_grams = p.co2e_grams(joules, seconds);
+    let cost_usd = p.cost_usd(joules, seconds);
+    use crate::metrics as m;
+    m::add_float(
+        m::ENERGY,
+        &[("model", &model.name), ("source", "estimate")],
+        joules,
+    );
+    m::add_float(m::CO2E, &[("model", &model.name)], co2e_grams);
+    m::add_float(m::COST, &[("model", &model.name)], cost_usd);
+    model.add_energy(joules, work);
+    Some(UsageEnergy {
+        joules,
+        source: "estimate",
+        avg_watts: watts,
+        co2e_grams,
+        cost_usd,
+        cost_energy_usd: p.energy_cost_usd(joules),
+        cost_hardware_usd: p.hardware_cost_usd(seconds),
+        carbon_intensity_g_per_kwh: p.intensity_g_per_kwh,
+        zone: p.zone.clone(),
+        class: p.classes.energy_class(work, joules),
+        carbon_class: p.classes.carbon_class(work, co2e_grams),
+    })
+}
+
+/// A request partly computed and partly answered from the cache: the computed part's energy
+/// plus the lookup's, classed over the whole request's `work`.
+pub fn with_lookup(
+    model: &ServedModel,
+    computed: UsageEnergy,
+    lookup: &UsageEnergy,
+    work: Work,
+) -> UsageEnergy {
+    let joules = computed.joules + lookup.joules;
+    let co2e_grams = computed.co2e_grams + lookup.co2e_grams;
+    let classes = model.meter.as_ref().map(|m| &m.pricing().classes);
+    UsageEnergy {
+        joules,
+        co2e_grams,
+        cost_usd: computed.cost_usd + lookup.cost_usd,
+        cost_energy_usd: computed.cost_energy_usd + lookup.cost_energy_usd,
+        cost_hardware_usd: computed.cost_hardware_usd + lookup.cost_hardware_usd,
+        class: classes.and_then(|c| c.energy_class(work, joules)),
+        carbon_class: classes.and_then(|c| c.carbon_class(work, co2e_grams)),
+        ..computed
+    }
 }
 
 /// Sets header `name` to `value` (skipped if the value is not valid header text).

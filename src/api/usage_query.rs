@@ -135,6 +135,7 @@ fn row(group_by: &[Dimension], t: &UsageTotals) -> Map<String, Value> {
     m.insert("cost_usd".into(), t.cost_usd.into());
     m.insert("cost_energy_usd".into(), t.cost_energy_usd.into());
     m.insert("cost_hardware_usd".into(), t.cost_hardware_usd.into());
+    m.insert("cache_hits".into(), t.cache_hits.into());
     let per = |n: u64, scale: f64| {
         if n == 0 {
             Value::Null

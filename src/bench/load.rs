@@ -71,21 +71,66 @@ pub struct Target {
     pub protocol: Protocol,
     /// The gRPC client, for [`Protocol::Grpc`].
     pub grpc: Option<GrpcClient>,
+    /// `--repeat-fraction`: the share of inputs that repeat one of a few earlier ones; the rest
+    /// are then made unique. `None`: the inputs are cycled through as they are.
+    pub repeat_fraction: Option<f64>,
+}
+
+/// Inputs repeated under `--repeat-fraction` come from this many (the first of the inputs).
+pub const HOT_INPUTS: usize = 32;
+
+/// Numbers the unique inputs of a `--repeat-fraction` run, across levels and protocols.
+static FRESH: AtomicU64 = AtomicU64::new(0);
+
+/// A well-mixed 64-bit hash (SplitMix64's finalizer), for choosing repeats by request number.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// What one request brought back.
+pub struct Sent {
+    /// HTTP status (0: the connection failed; gRPC codes as the status they stand for).
+    pub status: u16,
+    /// Latency, µs.
+    pub micros: u64,
+    /// `x-batch-size`.
+    pub batch: Option<u64>,
+    /// `x-energy-joules`.
+    pub joules: Option<f64>,
+    /// `x-cache: hit`.
+    pub cache_hit: bool,
 }
 
 impl Target {
     /// The texts of request number `i`.
-    fn texts(&self, i: usize) -> Vec<&str> {
+    fn texts(&self, i: usize) -> Vec<String> {
         let n = self.inputs.len();
         (0..self.per_request)
-            .map(|k| self.inputs[(i * self.per_request + k) % n].as_str())
+            .map(|k| {
+                let j = i * self.per_request + k;
+                match self.repeat_fraction {
+                    None => self.inputs[j % n].clone(),
+                    Some(f) => {
+                        let h = mix(j as u64);
+                        if (h >> 11) as f64 / (1u64 << 53) as f64 <= f {
+                            self.inputs[(mix(h) as usize) % HOT_INPUTS.min(n)].clone()
+                        } else {
+                            let fresh = FRESH.fetch_add(1, Ordering::Relaxed);
+                            format!("{} (#{fresh})", self.inputs[j % n])
+                        }
+                    }
+                }
+            })
             .collect()
     }
 
-    /// Sends request number `i`; returns (status, latency µs, x-batch-size, x-energy-joules).
-    /// Status 0 = the connection failed; gRPC codes are counted as the HTTP status they stand for.
-    async fn send(&self, i: usize) -> (u16, u64, Option<u64>, Option<f64>) {
+    /// Sends request number `i`.
+    async fn send(&self, i: usize) -> Sent {
         let texts = self.texts(i);
+        let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
         let start = Instant::now();
         let v2_url = || format!("{}/v2/models/{}/infer", self.base, self.model);
         let tensor = |extra: serde_json::Value| {
@@ -95,7 +140,7 @@ impl Target {
             }
             t
         };
-        let (status, batch, joules) = match self.protocol {
+        let (status, batch, joules, cache_hit) = match self.protocol {
             Protocol::Openai => {
                 let body = if self.per_request == 1 {
                     json!({"model": self.model, "input": texts[0]})
@@ -128,12 +173,18 @@ impl Target {
             }
             Protocol::Grpc => self.grpc(&texts).await,
         };
-        (status, start.elapsed().as_micros() as u64, batch, joules)
+        Sent {
+            status,
+            micros: start.elapsed().as_micros() as u64,
+            batch,
+            joules,
+            cache_hit,
+        }
     }
 
-    async fn grpc(&self, texts: &[&str]) -> (u16, Option<u64>, Option<f64>) {
+    async fn grpc(&self, texts: &[&str]) -> (u16, Option<u64>, Option<f64>, bool) {
         let Some(mut client) = self.grpc.clone() else {
-            return (0, None, None);
+            return (0, None, None, false);
         };
         let req = pb::ModelInferRequest {
             model_name: self.model.clone(),
@@ -153,7 +204,7 @@ impl Target {
                 let get = |name: &str| md.get(name).and_then(|v| v.to_str().ok());
                 let batch = get("x-batch-size").and_then(|v| v.parse().ok());
                 let joules = get("x-energy-joules").and_then(|v| v.parse().ok());
-                (200, batch, joules)
+                (200, batch, joules, false)
             }
             Err(status) => {
                 let code = match status.code() {
@@ -164,15 +215,16 @@ impl Target {
                     tonic::Code::Unavailable => 503,
                     _ => 500,
                 };
-                (code, None, None)
+                (code, None, None, false)
             }
         }
     }
 }
 
-/// Sends an HTTP request; returns (status, x-batch-size, x-energy-joules), status 0 when the
-/// connection failed. Reads the whole body: the client's latency includes the transfer.
-async fn http(req: reqwest::RequestBuilder) -> (u16, Option<u64>, Option<f64>) {
+/// Sends an HTTP request; returns (status, x-batch-size, x-energy-joules, x-cache is `hit`),
+/// status 0 when the connection failed. Reads the whole body: the client's latency includes the
+/// transfer.
+async fn http(req: reqwest::RequestBuilder) -> (u16, Option<u64>, Option<f64>, bool) {
     match req.send().await {
         Ok(resp) => {
             let status = resp.status().as_u16();
@@ -184,12 +236,13 @@ async fn http(req: reqwest::RequestBuilder) -> (u16, Option<u64>, Option<f64>) {
             };
             let batch = header("x-batch-size").and_then(|v| v.parse().ok());
             let joules = header("x-energy-joules").and_then(|v| v.parse().ok());
+            let hit = header("x-cache").as_deref() == Some("hit");
             match resp.bytes().await {
-                Ok(_) => (status, batch, joules),
-                Err(_) => (0, None, None),
+                Ok(_) => (status, batch, joules, hit),
+                Err(_) => (0, None, None, false),
             }
         }
-        Err(_) => (0, None, None),
+        Err(_) => (0, None, None, false),
     }
 }
 
@@ -238,8 +291,8 @@ pub async fn closed_loop(
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::SeqCst);
-                let (status, micros, batch, joules) = target.send(i).await;
-                rec.record(status, micros, target.per_request, batch, joules);
+                let s = target.send(i).await;
+                rec.record(&s, target.per_request);
             }
             rec
         }));
@@ -298,9 +351,9 @@ pub async fn open_loop(
         let n = i;
         i += 1;
         tasks.push(tokio::spawn(async move {
-            let (status, micros, batch, joules) = target.send(n).await;
+            let s = target.send(n).await;
             if let Ok(mut r) = rec.lock() {
-                r.record(status, micros, target.per_request, batch, joules);
+                r.record(&s, target.per_request);
             }
             outstanding.fetch_sub(1, Ordering::SeqCst);
         }));

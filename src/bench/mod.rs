@@ -106,6 +106,12 @@ pub struct BenchArgs {
     /// Seed of the generator and of open-loop arrivals.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Embedding levels: run each level once per fraction, that share of the inputs repeating
+    /// one of 32 earlier ones and the rest unique, to show the response cache at work (e.g.
+    /// `0,0.5,0.9`). Without it an in-process server runs with its cache off, so that repeated
+    /// inputs are computed (what the other levels measure).
+    #[arg(long, value_delimiter = ',')]
+    pub repeat_fraction: Vec<f64>,
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -159,6 +165,15 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                 .into(),
         ));
     }
+    if let Some(f) = args
+        .repeat_fraction
+        .iter()
+        .find(|f| !(f.is_finite() && (0.0..=1.0).contains(*f)))
+    {
+        return Err(BenchError::Usage(format!(
+            "--repeat-fraction takes shares between 0 and 1, got {f}"
+        )));
+    }
     let inputs = Arc::new(match &args.inputs {
         Some(p) => inputs::from_jsonl(p).map_err(BenchError::Usage)?,
         None => inputs::generate(args.generate.max(1), args.seed),
@@ -187,6 +202,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
                 .map_err(crate::ServeError::from)?;
             // Generation levels ask for completions of exactly --max-tokens (`ignore_eos`).
             config.limits.allow_ignore_eos = true;
+            if args.repeat_fraction.is_empty() {
+                config.cache.max_bytes = 0;
+            }
             config.limits.max_completion_tokens =
                 config.limits.max_completion_tokens.max(args.max_tokens);
             if wants_grpc {
@@ -340,6 +358,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
             per_request: args.inputs_per_request,
             protocol: Protocol::Openai,
             grpc: grpc.clone(),
+            repeat_fraction: None,
         };
         if args.warmup > 0.0 {
             let c = args.concurrency.iter().copied().max().unwrap_or(8).min(32);
@@ -368,11 +387,25 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         plan.extend(levels_c.iter().map(|&c| (format!("c={c}"), Some(c))));
         // Protocols side by side at each level, so that they are compared under the same
         // conditions of the host.
+        let fractions: Vec<Option<f64>> = if args.repeat_fraction.is_empty() {
+            vec![None]
+        } else {
+            args.repeat_fraction.iter().map(|&f| Some(f)).collect()
+        };
+        let runs: Vec<(Protocol, Option<f64>)> = protocols
+            .iter()
+            .flat_map(|&p| fractions.iter().map(move |&f| (p, f)))
+            .collect();
         for (label, clients) in plan {
-            for &protocol in &protocols {
+            for &(protocol, repeat_fraction) in &runs {
                 let target = Target {
                     protocol,
+                    repeat_fraction,
                     ..target.clone()
+                };
+                let label = match repeat_fraction {
+                    Some(f) => format!("{label} r={f}"),
+                    None => label.clone(),
                 };
                 let name = format!("{model} {label} {}", protocol.name());
                 let cpu0 = in_process.as_ref().and(procfs::process_cpu_seconds());

@@ -25,6 +25,8 @@ pub struct Recorder {
     pub joules_sum: f64,
     /// Successful requests that carried `x-energy-joules`.
     pub metered: u64,
+    /// Successful requests answered from the server's cache (`x-cache: hit`).
+    pub cache_hits: u64,
 }
 
 impl Default for Recorder {
@@ -43,22 +45,18 @@ impl Default for Recorder {
             not_sent: 0,
             joules_sum: 0.0,
             metered: 0,
+            cache_hits: 0,
         }
     }
 }
 
 impl Recorder {
-    /// Records one answered request.
-    pub fn record(
-        &mut self,
-        status: u16,
-        micros: u64,
-        inputs: usize,
-        batch_size: Option<u64>,
-        joules: Option<f64>,
-    ) {
-        let micros = micros.clamp(1, 600_000_000);
+    /// Records one answered request of `inputs` inputs.
+    pub fn record(&mut self, sent: &super::load::Sent, inputs: usize) {
+        let (status, batch_size, joules) = (sent.status, sent.batch, sent.joules);
+        let micros = sent.micros.clamp(1, 600_000_000);
         if status == 200 {
+            self.cache_hits += u64::from(sent.cache_hit);
             if let Some(j) = joules {
                 self.joules_sum += j;
                 self.metered += 1;
@@ -83,6 +81,7 @@ impl Recorder {
         self.not_sent += other.not_sent;
         self.joules_sum += other.joules_sum;
         self.metered += other.metered;
+        self.cache_hits += other.cache_hits;
         for (k, v) in &other.errors {
             *self.errors.entry(*k).or_default() += v;
         }
@@ -132,6 +131,8 @@ pub struct LevelReport {
     pub rss_mib: Option<f64>,
     /// Mean `x-energy-joules` of successful requests (absent when not metered).
     pub joules_per_request: Option<f64>,
+    /// Share of successful requests answered wholly from the server's cache.
+    pub cache_hit_ratio: f64,
 }
 
 impl LevelReport {
@@ -183,6 +184,11 @@ impl LevelReport {
                 .map(|c| rec.inputs_ok as f64 / c),
             rss_mib,
             joules_per_request: (rec.metered > 0).then(|| rec.joules_sum / rec.metered as f64),
+            cache_hit_ratio: if rec.requests_ok == 0 {
+                0.0
+            } else {
+                rec.cache_hits as f64 / rec.requests_ok as f64
+            },
         }
     }
 }
@@ -334,6 +340,15 @@ pub fn table(r: &BenchReport) -> String {
             l.error_p99_ms.map_or("-".into(), |v| format!("{v:.2}")),
             l.joules_per_request.map_or("-".into(), |v| format!("{:.1}", v * 1000.0)),
             errors
+        ));
+    }
+    for l in r.levels.iter().filter(|l| l.load.contains(" r=")) {
+        out.push_str(&format!(
+            "cache: {} {} {}: {:.1}% of requests answered from the cache\n",
+            l.model,
+            l.load,
+            l.protocol,
+            l.cache_hit_ratio * 100.0
         ));
     }
     for a in &r.accuracy {

@@ -52,6 +52,8 @@ pub struct UsageRecord {
     pub duration_ms: f64,
     /// The largest batch it was part of (0 when it computed nothing).
     pub batch_size: u32,
+    /// Inputs (or completions) answered from the response cache.
+    pub cache_hits: u64,
 }
 
 /// What a usage query asks: a time range and the dimensions to group by.
@@ -143,6 +145,8 @@ pub struct UsageTotals {
     pub cost_energy_usd: f64,
     /// The part of `cost_usd` paid for device time.
     pub cost_hardware_usd: f64,
+    /// Inputs (or completions) answered from the response cache.
+    pub cache_hits: u64,
 }
 
 /// Why the store failed.
@@ -379,6 +383,7 @@ mod tests {
             cost_hardware_usd: 0.006,
             duration_ms: 2.0,
             batch_size: 1,
+            cache_hits: 0,
         }
     }
 

@@ -15,8 +15,9 @@ use super::ledger::{
 };
 use super::rollup::{plan, Segment, Table, DAY_MS, HOUR_MS};
 
-/// The schema's version (`PRAGMA user_version`): 2 added the cost split and the rollups.
-const SCHEMA_VERSION: i64 = 2;
+/// The schema's version (`PRAGMA user_version`): 2 added the cost split and the rollups, 3 the
+/// response cache's hits.
+const SCHEMA_VERSION: i64 = 3;
 
 const REQUESTS: &str = "
 CREATE TABLE IF NOT EXISTS requests (
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS requests (
     duration_ms REAL NOT NULL,
     batch_size INTEGER NOT NULL,
     cost_energy_usd REAL,
-    cost_hardware_usd REAL
+    cost_hardware_usd REAL,
+    cache_hits INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_ms);
 ";
@@ -47,7 +49,7 @@ CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts_ms);
 const ROLLUP_KEY: &str = "bucket_ms, tenant, project, model, precision, endpoint, energy_source";
 
 /// The sums a rollup row holds, in the order [`source_sql`] selects them.
-const SUMS: [&str; 10] = [
+const SUMS: [&str; 11] = [
     "requests",
     "errors",
     "prompt_tokens",
@@ -58,6 +60,7 @@ const SUMS: [&str; 10] = [
     "cost_energy_usd",
     "cost_hardware_usd",
     "duration_ms",
+    "cache_hits",
 ];
 
 /// The rollup table `name`.
@@ -81,6 +84,7 @@ fn rollup_schema(name: &str) -> String {
             cost_energy_usd REAL,
             cost_hardware_usd REAL,
             duration_ms REAL NOT NULL,
+            cache_hits INTEGER NOT NULL DEFAULT 0,
             PRIMARY KEY ({ROLLUP_KEY})
         ) WITHOUT ROWID;"
     )
@@ -115,7 +119,8 @@ fn rollup_backfill(table: Table) -> String {
          SELECT (ts_ms / {bucket}) * {bucket}, tenant, project, model, precision, endpoint,
                 energy_source, COUNT(*), SUM(status >= 400), SUM(prompt_tokens),
                 SUM(completion_tokens), SUM(joules), SUM(co2e_grams), SUM(cost_usd),
-                SUM(cost_energy_usd), SUM(cost_hardware_usd), SUM(duration_ms)
+                SUM(cost_energy_usd), SUM(cost_hardware_usd), SUM(duration_ms),
+                SUM(cache_hits)
          FROM requests GROUP BY 1, 2, 3, 4, 5, 6, 7;",
         name = table.sql_name(),
         sums = SUMS.join(", "),
@@ -146,27 +151,40 @@ fn open(path: &Path) -> Result<Connection, LedgerError> {
         .map_err(err)?;
     if version < SCHEMA_VERSION {
         tx.execute_batch(REQUESTS).map_err(err)?;
-        // A version-1 file has the table without the cost split: its old records keep NULL
-        // there (unknown), which sums leave out.
-        let has_split: bool = tx
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('requests') WHERE name = 'cost_energy_usd'",
-                [],
-                |r| r.get::<_, i64>(0),
+        // Columns later versions added; an older file's records keep their defaults (NULL for
+        // the cost split: unknown, which sums leave out; 0 cache hits).
+        let missing = |table: &str, column: &str| -> Result<bool, LedgerError> {
+            tx.query_row(
+                "SELECT COUNT(*) = 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                [table, column],
+                |r| r.get::<_, bool>(0),
             )
-            .map_err(err)?
-            > 0;
-        if !has_split {
-            tx.execute_batch(
-                "ALTER TABLE requests ADD COLUMN cost_energy_usd REAL;
-                 ALTER TABLE requests ADD COLUMN cost_hardware_usd REAL;",
-            )
-            .map_err(err)?;
+            .map_err(err)
+        };
+        for (column, decl) in [
+            ("cost_energy_usd", "REAL"),
+            ("cost_hardware_usd", "REAL"),
+            ("cache_hits", "INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            if missing("requests", column)? {
+                tx.execute_batch(&format!("ALTER TABLE requests ADD COLUMN {column} {decl}"))
+                    .map_err(err)?;
+            }
         }
         for table in [Table::Hourly, Table::Daily] {
-            tx.execute_batch(&rollup_schema(table.sql_name()))
+            let name = table.sql_name();
+            tx.execute_batch(&rollup_schema(name)).map_err(err)?;
+            if missing(name, "cache_hits")? {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {name} ADD COLUMN cache_hits INTEGER NOT NULL DEFAULT 0"
+                ))
                 .map_err(err)?;
-            tx.execute_batch(&rollup_backfill(table)).map_err(err)?;
+            }
+            // Only a file from before the rollups is backfilled: a later one's rollups may
+            // hold more than its records (kept longer).
+            if version < 2 {
+                tx.execute_batch(&rollup_backfill(table)).map_err(err)?;
+            }
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(err)?;
@@ -201,9 +219,9 @@ impl UsageStore for SqliteStore {
                     "INSERT INTO requests (ts_ms, request_id, tenant, project, model, precision,
                      endpoint, status, prompt_tokens, completion_tokens, joules, energy_source,
                      co2e_grams, cost_usd, duration_ms, batch_size, cost_energy_usd,
-                     cost_hardware_usd)
+                     cost_hardware_usd, cache_hits)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
-                     ?16, ?17, ?18)",
+                     ?16, ?17, ?18, ?19)",
                 )
                 .map_err(err)?;
             let hourly_sql = rollup_upsert(Table::Hourly.sql_name());
@@ -231,6 +249,7 @@ impl UsageStore for SqliteStore {
                         r.batch_size,
                         r.cost_energy_usd,
                         r.cost_hardware_usd,
+                        r.cache_hits as i64,
                     ])
                     .map_err(err)?;
                 for (stmt, bucket) in [(&mut hourly, HOUR_MS), (&mut daily, DAY_MS)] {
@@ -252,6 +271,7 @@ impl UsageStore for SqliteStore {
                         r.cost_energy_usd,
                         r.cost_hardware_usd,
                         r.duration_ms,
+                        r.cache_hits as i64,
                     ])
                     .map_err(err)?;
                 }
@@ -318,7 +338,7 @@ fn source_sql(from_ms: i64, to_ms: i64, days: bool) -> String {
                     "SELECT ts_ms, tenant, project, model, precision, endpoint, energy_source,
                         1 AS requests, (status >= 400) AS errors, prompt_tokens,
                         completion_tokens, joules, co2e_grams, cost_usd, cost_energy_usd,
-                        cost_hardware_usd, duration_ms
+                        cost_hardware_usd, duration_ms, cache_hits
                  FROM requests WHERE ts_ms >= {from_ms} AND ts_ms < {to_ms}"
                 ),
                 rollup => format!(
@@ -335,7 +355,8 @@ fn source_sql(from_ms: i64, to_ms: i64, days: bool) -> String {
         // An empty range: the right columns, no rows.
         return "SELECT ts_ms, tenant, project, model, precision, endpoint, energy_source,
                 1 AS requests, 0 AS errors, prompt_tokens, completion_tokens, joules, co2e_grams,
-                cost_usd, cost_energy_usd, cost_hardware_usd, duration_ms FROM requests WHERE 0"
+                cost_usd, cost_energy_usd, cost_hardware_usd, duration_ms, cache_hits FROM requests
+                WHERE 0"
             .to_string();
     }
     parts.join("\n UNION ALL ")
@@ -378,7 +399,7 @@ impl SqliteReader {
         let sql = format!(
             "SELECT {select_keys} SUM(requests), SUM(errors), SUM(prompt_tokens),
                     SUM(completion_tokens), SUM(joules), SUM(co2e_grams), SUM(cost_usd),
-                    SUM(cost_energy_usd), SUM(cost_hardware_usd)
+                    SUM(cost_energy_usd), SUM(cost_hardware_usd), SUM(cache_hits)
              FROM ({source})
              WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR project = ?2){group}",
             source = source_sql(q.from_ms, q.to_ms, days),
@@ -408,6 +429,7 @@ impl SqliteReader {
                     cost_usd: real(6)?,
                     cost_energy_usd: real(7)?,
                     cost_hardware_usd: real(8)?,
+                    cache_hits: int(9)?,
                 })
             })
             .map_err(err)?;
@@ -522,6 +544,7 @@ mod tests {
             cost_hardware_usd: joules / 100.0 - joules / 400.0,
             duration_ms: 1.0,
             batch_size: 1,
+            cache_hits: 1,
         }
     }
 
@@ -682,6 +705,8 @@ mod tests {
             let energy_usd: f64 = totals.iter().map(|t| t.cost_energy_usd).sum();
             let (n, j, e) = brute(&records, from, to, tenant.as_deref());
             assert_eq!((requests, joules), (n, j), "{q:?}");
+            let hits: u64 = totals.iter().map(|t| t.cache_hits).sum();
+            assert_eq!(hits, n, "every test record has one cache hit");
             assert!((energy_usd - e).abs() <= 1e-9 * e.max(1.0), "{q:?}");
             let hourly = reader.hourly_charges(from, to, tenant.as_deref()).unwrap();
             assert_eq!(hourly.iter().map(|c| c.requests).sum::<u64>(), n);

@@ -317,7 +317,7 @@ impl GrpcInferenceService for InferenceService {
             if let Some(b) = &budgets {
                 crate::api::budget::check(b, &tenant, &project)?;
             }
-            let out = infer::infer(state, decode(req)?).await?;
+            let out = infer::infer(state, decode(req)?, &tenant).await?;
             Ok::<_, ApiError>((encode(&out, started), out.report()))
         };
         let result = match tokio::time::timeout(state.limits().request_timeout(), work).await {

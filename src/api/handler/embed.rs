@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{find_model, tokenize_blocking, Serving};
-use crate::api::usage::{settle_energy, UsageEnergy, UsageReport};
+use crate::api::usage::{lookup_energy, settle_energy, with_lookup, UsageEnergy, UsageReport};
 use crate::api::{ApiError, AppState};
 use crate::batch::{EmbedOutput, EmbeddingScheduler};
+use crate::cache::{CacheStatus, CachedEmbedding};
 use crate::config::Limits;
 use crate::engine::{EmbeddingTokenizer, TokenizeError};
 use crate::meter::class::Work;
@@ -51,6 +52,10 @@ pub struct Embedded<'a> {
     pub queue_time: Duration,
     /// Compute time of the batches that served it.
     pub compute_time: Duration,
+    /// What came from the response cache (`None` when the cache is off).
+    pub cache: Option<CacheStatus>,
+    /// Texts answered from the cache.
+    pub cache_hits: usize,
 }
 
 impl Embedded<'_> {
@@ -63,6 +68,7 @@ impl Embedded<'_> {
             self.energy.as_ref(),
             self.batch_size,
         )
+        .with_cache_hits(self.cache_hits)
     }
 
     /// The serving headers of the answer, `total` counted from `started`.
@@ -76,38 +82,138 @@ impl Embedded<'_> {
     }
 }
 
-/// Embeds `texts` with the embedding model `model_name`: checks them against the limits,
-/// tokenizes them (truncating over-long ones when `truncate`), queues them and settles the
-/// energy. Errors name the texts as `names` says.
+/// Embeds `texts` with the embedding model `model_name` for `tenant`: checks them against the
+/// limits, answers what it can from the response cache, tokenizes the rest (truncating
+/// over-long ones when `truncate`), queues them, keeps their vectors in the cache and settles the
+/// energy (the computed part's, plus the lookup's). Errors name the texts as `names` says.
 pub async fn embed<'a>(
     state: &'a AppState,
     model_name: &str,
     texts: Vec<String>,
     truncate: bool,
     names: InputNames,
+    tenant: &str,
 ) -> Result<Embedded<'a>, ApiError> {
     let (model, emb) = find_model::<EmbeddingServing>(state, model_name)?;
     check_texts(&texts, names, state.limits())?;
-    let tokenizer = emb.tokenizer.clone();
-    let ids = tokenize_blocking(state, move || {
-        tokenize_all(&tokenizer, &texts, truncate, names)
-    })
-    .await?;
-    let prompt_tokens: usize = ids.iter().map(Vec::len).sum();
-    crate::metrics::record_tokens(&model.name, "prompt", prompt_tokens);
-    let output = run(&emb.scheduler, ids).await?;
+    let precision = model.precision.as_str();
+    // From the cache: each text's vector and tokens, or the key to keep it under.
+    let looked_up = Instant::now();
+    let cached: Vec<Result<CachedEmbedding, Option<String>>> = match state.cache() {
+        None => texts.iter().map(|_| Err(None)).collect(),
+        Some((cache, _)) => texts
+            .iter()
+            .map(|t| {
+                let key = cache.embedding_key(tenant, &model.name, precision, truncate, t);
+                cache.get_embedding(&model.name, &key).ok_or(Some(key))
+            })
+            .collect(),
+    };
+    let lookup_seconds = looked_up.elapsed().as_secs_f64();
+    let hits = cached.iter().filter(|c| c.is_ok()).count();
+    let missing: Vec<String> = texts
+        .iter()
+        .zip(&cached)
+        .filter(|(_, c)| c.is_err())
+        .map(|(t, _)| t.clone())
+        .collect();
+    // Errors name a text by its place in the request, not among the missing ones.
+    let places: Vec<usize> = (0..texts.len()).filter(|&i| cached[i].is_err()).collect();
+    let computed = if missing.is_empty() {
+        None
+    } else {
+        let tokenizer = emb.tokenizer.clone();
+        let ids = tokenize_blocking(state, move || {
+            tokenize_all(&tokenizer, &missing, truncate, names, &places)
+        })
+        .await?;
+        let tokens: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let output = run(&emb.scheduler, ids).await?;
+        Some((tokens, output))
+    };
+    let computed_tokens: usize = computed.as_ref().map_or(0, |(t, _)| t.iter().sum());
+    crate::metrics::record_tokens(&model.name, "prompt", computed_tokens);
+    let cached_tokens: usize = cached.iter().flatten().map(|c| c.tokens).sum();
+    let prompt_tokens = computed_tokens + cached_tokens;
+    // Energy: the batches' shares for what was computed, the lookup for what was not.
+    let lookup = match (state.cache(), hits) {
+        (Some((_, watts)), 1..) => lookup_energy(
+            model,
+            lookup_seconds,
+            watts,
+            Work::Embedding {
+                input_tokens: cached_tokens,
+            },
+        ),
+        _ => None,
+    };
     let work = Work::Embedding {
         input_tokens: prompt_tokens,
     };
-    let energy = settle_energy(model, &output.energy, work).await?;
+    let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
+    let (energy, batch_size, queue_time, compute_time) = match computed {
+        Some((tokens, output)) => {
+            let settled = settle_energy(
+                model,
+                &output.energy,
+                Work::Embedding {
+                    input_tokens: computed_tokens,
+                },
+            )
+            .await?;
+            let energy = match (settled, &lookup) {
+                (Some(e), Some(l)) => Some(with_lookup(model, e, l, work)),
+                (e, _) => e,
+            };
+            let mut fresh = output.embeddings.into_iter().zip(tokens);
+            for c in cached {
+                match c {
+                    Ok(hit) => vectors.push(hit.vector.as_ref().clone()),
+                    Err(key) => {
+                        let Some((v, tokens)) = fresh.next() else {
+                            return Err(ApiError::internal("the batch answered fewer vectors"));
+                        };
+                        if let (Some((cache, _)), Some(key)) = (state.cache(), key) {
+                            let value = CachedEmbedding {
+                                vector: Arc::new(v.clone()),
+                                tokens,
+                            };
+                            cache.put_embedding(&model.name, key, value);
+                        }
+                        vectors.push(v);
+                    }
+                }
+            }
+            (
+                energy,
+                output.batch_size,
+                output.queue_time,
+                output.compute_time,
+            )
+        }
+        None => {
+            vectors.extend(
+                cached
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c.vector.as_ref().clone()),
+            );
+            if let Some(e) = &lookup {
+                crate::metrics::record_request_energy(&model.name, e.joules);
+            }
+            (lookup, 0, Duration::ZERO, Duration::ZERO)
+        }
+    };
     Ok(Embedded {
         model,
-        vectors: output.embeddings,
+        vectors,
         prompt_tokens,
         energy,
-        batch_size: output.batch_size,
-        queue_time: output.queue_time,
-        compute_time: output.compute_time,
+        batch_size,
+        queue_time,
+        compute_time,
+        cache: state.cache().map(|_| CacheStatus::of(hits, texts.len())),
+        cache_hits: hits,
     })
 }
 
@@ -165,18 +271,20 @@ async fn run(scheduler: &EmbeddingScheduler, ids: Vec<Vec<u32>>) -> Result<Embed
         .map_err(ApiError::from)
 }
 
+/// Tokenizes `texts`, the request's texts at `places` (for errors naming them).
 fn tokenize_all(
     tokenizer: &EmbeddingTokenizer,
     texts: &[String],
     truncate: bool,
     names: InputNames,
+    places: &[usize],
 ) -> Result<Vec<Vec<u32>>, ApiError> {
     texts
         .iter()
         .enumerate()
         .map(|(i, t)| {
             tokenizer.encode(t, truncate).map_err(|e| {
-                let param = names.of(i);
+                let param = names.of(places.get(i).copied().unwrap_or(i));
                 match e {
                     TokenizeError::TooLong { tokens, max } => ApiError::bad_request(
                         "context_length_exceeded",

@@ -202,6 +202,19 @@ fn server_timing<'e>(entries: impl IntoIterator<Item = &'e (&'static str, Durati
         .join(", ")
 }
 
+/// The tenant a request runs for: its key's name, `anonymous` without keys (the auth layer
+/// attaches the name to every request it admits).
+pub fn tenant_name(tenant: Option<&crate::governance::Tenant>) -> &str {
+    tenant.map_or("anonymous", |t| t.0.as_str())
+}
+
+/// `x-cache: hit | partial | miss` when the response cache is on.
+pub fn set_cache_header(h: &mut axum::http::HeaderMap, cache: Option<crate::cache::CacheStatus>) {
+    if let Some(c) = cache {
+        crate::api::usage::put_header(h, "x-cache", c.as_str().to_string());
+    }
+}
+
 /// A 200 JSON answer with the serving headers and, when the model is metered, the energy headers.
 pub fn metered_json<B: Serialize>(
     body: B,

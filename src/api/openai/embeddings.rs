@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::Response;
+use axum::Extension;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +13,7 @@ use crate::api::handler::{self, RequestMetrics};
 use crate::api::json::JsonBody;
 use crate::api::usage::UsageEnergy;
 use crate::api::{ApiError, AppState};
+use crate::governance::Tenant;
 
 /// The request body. Unknown fields are ignored, as OpenAI SDKs may send more than we use.
 #[derive(Debug, Deserialize)]
@@ -83,12 +85,14 @@ enum Encoding {
 /// within the request timeout. Error responses carry no energy headers.
 pub async fn create(
     State(state): State<AppState>,
+    tenant: Option<Extension<Tenant>>,
     JsonBody(req): JsonBody<EmbeddingsRequest>,
 ) -> Response {
     let metrics = RequestMetrics::start(&state, &req.model, "embeddings");
+    let tenant = handler::tenant_name(tenant.as_ref().map(|Extension(t)| t));
     // Dropping `serve` on timeout drops the reply receiver: the scheduler skips inputs not yet
     // computed.
-    let resp = handler::within_timeout(&state, serve(&state, req, metrics.started())).await;
+    let resp = handler::within_timeout(&state, serve(&state, req, metrics.started(), tenant)).await;
     metrics.finish(resp)
 }
 
@@ -96,6 +100,7 @@ async fn serve(
     state: &AppState,
     req: EmbeddingsRequest,
     started: Instant,
+    tenant: &str,
 ) -> Result<Response, ApiError> {
     let dimensions = embed::dimensions(state, &req.model)?;
     let encoding = match req.encoding_format.as_deref() {
@@ -126,7 +131,7 @@ async fn serve(
         field: "input",
         count: texts.len(),
     };
-    let out = embed::embed(state, &req.model, texts, req.truncate, names).await?;
+    let out = embed::embed(state, &req.model, texts, req.truncate, names, tenant).await?;
     let data = out
         .vectors
         .iter()
@@ -151,6 +156,7 @@ async fn serve(
         },
     };
     let mut resp = handler::metered_json(body, out.serving(started), out.energy.as_ref());
+    handler::set_cache_header(resp.headers_mut(), out.cache);
     resp.extensions_mut().insert(out.report());
     Ok(resp)
 }

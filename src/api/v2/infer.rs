@@ -157,6 +157,10 @@ pub struct Inferred<'a> {
     pub prompt_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
+    /// What came from the response cache (`None`: off, or not cached).
+    pub cache: Option<crate::cache::CacheStatus>,
+    /// Inputs answered from the cache.
+    pub cache_hits: usize,
 }
 
 impl Inferred<'_> {
@@ -169,6 +173,7 @@ impl Inferred<'_> {
             self.energy.as_ref(),
             self.batch_size,
         )
+        .with_cache_hits(self.cache_hits)
     }
 
     /// The response `parameters`: how it was served and what it cost.
@@ -189,7 +194,11 @@ impl Inferred<'_> {
 
 /// Runs `req`: decodes its inputs as its model takes them, computes through the shared core,
 /// and returns the outputs asked for.
-pub async fn infer(state: &AppState, req: InferRequest) -> Result<Inferred<'_>, ApiError> {
+pub async fn infer<'a>(
+    state: &'a AppState,
+    req: InferRequest,
+    tenant: &str,
+) -> Result<Inferred<'a>, ApiError> {
     let model = find(state, &req.model, req.version.as_deref())?;
     let produced = match &model.kind {
         ModelKind::Embedding(_) => EMBEDDING,
@@ -206,7 +215,7 @@ pub async fn infer(state: &AppState, req: InferRequest) -> Result<Inferred<'_>, 
         .with_param(unknown.clone()));
     }
     match &model.kind {
-        ModelKind::Embedding(_) => embed_tensors(state, model, req).await,
+        ModelKind::Embedding(_) => embed_tensors(state, model, req, tenant).await,
         ModelKind::Generation(_) => generate_tensors(state, model, req).await,
     }
 }
@@ -267,6 +276,7 @@ async fn embed_tensors<'a>(
     state: &'a AppState,
     model: &'a Arc<ServedModel>,
     req: InferRequest,
+    tenant: &str,
 ) -> Result<Inferred<'a>, ApiError> {
     let [text, flag] = take_inputs(&model.name, req.inputs, [TEXT, TRUNCATE])?;
     let texts = required(&model.name, text, TEXT)?
@@ -283,7 +293,7 @@ async fn embed_tensors<'a>(
         field: TEXT,
         count: texts.len(),
     };
-    let out = embed::embed(state, &model.name, texts, truncate, names).await?;
+    let out = embed::embed(state, &model.name, texts, truncate, names, tenant).await?;
     let rows = out.vectors.len();
     let dims = out.vectors.first().map_or(0, Vec::len);
     let flat: Vec<f32> = out.vectors.into_iter().flatten().collect();
@@ -300,6 +310,8 @@ async fn embed_tensors<'a>(
         timing: vec![("queue", out.queue_time), ("compute", out.compute_time)],
         prompt_tokens: out.prompt_tokens,
         completion_tokens: 0,
+        cache: out.cache,
+        cache_hits: out.cache_hits,
     })
 }
 
@@ -329,6 +341,8 @@ async fn generate_tensors<'a>(
             ("compute", c.done.compute_time),
         ],
         energy: c.energy,
+        cache: None,
+        cache_hits: 0,
     })
 }
 

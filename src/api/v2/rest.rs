@@ -270,13 +270,15 @@ impl InferBody {
 pub async fn infer(
     State(state): State<AppState>,
     Path(path): Path<ModelPath>,
+    tenant: Option<axum::Extension<crate::governance::Tenant>>,
     body: Result<InferBody, Response>,
 ) -> Response {
     let metrics = RequestMetrics::start(&state, &path.model, "v2_infer");
+    let tenant = crate::api::handler::tenant_name(tenant.as_ref().map(|axum::Extension(t)| t));
     let started = metrics.started();
     let work = async {
         let (req, form) = body.map_err(Rejected)?.decode(path).map_err(Failed)?;
-        let out = infer::infer(&state, req).await.map_err(Failed)?;
+        let out = infer::infer(&state, req, tenant).await.map_err(Failed)?;
         Ok::<_, Answer>(respond(&out, &form, started))
     };
     let resp = match tokio::time::timeout(state.limits().request_timeout(), work).await {
@@ -378,6 +380,7 @@ fn respond(out: &Inferred<'_>, form: &OutputForm, started: Instant) -> Response 
     if let Some(e) = &out.energy {
         set_energy_headers(resp.headers_mut(), e);
     }
+    crate::api::handler::set_cache_header(resp.headers_mut(), out.cache);
     resp.extensions_mut().insert(out.report());
     debug_assert_eq!(resp.status(), StatusCode::OK);
     resp

@@ -203,6 +203,11 @@ impl FittingPrompt {
         self.max_new_tokens
     }
 
+    /// The token ids, borrowed.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
     /// The token ids.
     pub fn into_ids(self) -> Vec<u32> {
         self.ids
