@@ -74,6 +74,8 @@ pub struct Config {
     pub budgets: Vec<crate::governance::budgets::BudgetConfig>,
     /// The response cache.
     pub cache: crate::cache::CacheConfig,
+    /// Input drift monitoring.
+    pub drift: crate::drift::DriftConfig,
 }
 
 /// `[usage]`: the durable usage ledger (one record per finished request) behind `/v1/usage`.

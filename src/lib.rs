@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cache;
 pub mod charts;
 pub mod config;
+pub mod drift;
 pub mod engine;
 pub mod governance;
 pub mod meter;

@@ -28,6 +28,16 @@ enum Command {
     /// The total cost of ownership of serving models, from `wattserve bench --json` reports:
     /// machines at the latency objective, energy, CO2e and cost over the years.
     Tco(Box<wattserve::tco::TcoArgs>),
+    /// Input drift monitoring: make a reference from inputs the model was validated on.
+    #[command(subcommand)]
+    Drift(DriftCommand),
+}
+
+#[derive(Subcommand)]
+enum DriftCommand {
+    /// Embed the inputs of a JSONL file with a model and write the features drift monitoring
+    /// compares live inputs with (`drift.reference_dir/<model>.json`).
+    Reference(Box<wattserve::drift::reference::ReferenceArgs>),
 }
 
 #[derive(clap::Args)]
@@ -46,6 +56,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Bench(args) => bench(&args),
         Command::Tco(args) => tco(&args),
+        Command::Drift(DriftCommand::Reference(args)) => drift_reference(&args),
     }
 }
 
@@ -128,6 +139,31 @@ fn bench(args: &wattserve::bench::BenchArgs) -> ExitCode {
             e @ (BenchError::Usage(_)
             | BenchError::Serve(ServeError::Config(_) | ServeError::Load(_))),
         ) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn drift_reference(args: &wattserve::drift::reference::ReferenceArgs) -> ExitCode {
+    set_compute_threads(0);
+    let Some(runtime) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(wattserve::drift::reference::run(args)) {
+        Ok(n) => {
+            println!(
+                "wrote {} ({n} inputs of {})",
+                args.out.display(),
+                args.inputs.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ wattserve::drift::reference::ReferenceError::Usage(_)) => {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }

@@ -85,6 +85,13 @@ pub const CACHE_MISSES: &str = "wattserve_cache_misses_total";
 pub const CACHE_BYTES: &str = "wattserve_cache_bytes";
 /// Entries the response cache dropped to stay within its bound, by model.
 pub const CACHE_EVICTIONS: &str = "wattserve_cache_evictions_total";
+/// The Kolmogorov–Smirnov statistic between a model's reference inputs and its live window, by
+/// model and feature.
+pub const DRIFT_KS: &str = "wattserve_drift_ks";
+/// Observations behind it, by model, feature and window (`reference`, `live`).
+pub const DRIFT_WINDOW: &str = "wattserve_drift_window_size";
+/// The statistic past which a feature has drifted (`drift.threshold`).
+pub const DRIFT_THRESHOLD: &str = "wattserve_drift_threshold";
 /// Requests refused because a budget was used up, by tenant.
 pub const BUDGET_REFUSALS: &str = "wattserve_budget_refusals_total";
 
@@ -186,6 +193,20 @@ pub fn set_cache_bytes(bytes: usize) {
 /// Counts entries of `model` the response cache dropped to stay within its bound.
 pub fn record_cache_evictions(model: &str, n: u64) {
     counter!(CACHE_EVICTIONS, "model" => model.to_string()).increment(n);
+}
+
+/// Publishes a feature's drift statistic and its window sizes.
+pub fn set_drift(model: &str, feature: &str, ks: f64, reference: usize, live: usize) {
+    gauge!(DRIFT_KS, "model" => model.to_string(), "feature" => feature.to_string()).set(ks);
+    for (window, n) in [("reference", reference), ("live", live)] {
+        gauge!(DRIFT_WINDOW, "model" => model.to_string(), "feature" => feature.to_string(), "window" => window)
+            .set(n as f64);
+    }
+}
+
+/// Publishes the drift threshold.
+pub fn set_drift_threshold(threshold: f64) {
+    gauge!(DRIFT_THRESHOLD).set(threshold);
 }
 
 /// Observes one request's energy.
@@ -300,6 +321,18 @@ fn describe() {
         "Response-cache lookups that had to compute, by model and kind"
     );
     describe_gauge!(CACHE_BYTES, Unit::Bytes, "Bytes held by the response cache");
+    describe_gauge!(
+        DRIFT_KS,
+        "Kolmogorov-Smirnov statistic of a feature's live window against its reference, by model and feature"
+    );
+    describe_gauge!(
+        DRIFT_WINDOW,
+        "Observations in a drift feature's reference and live windows"
+    );
+    describe_gauge!(
+        DRIFT_THRESHOLD,
+        "KS statistic past which a feature has drifted (drift.threshold)"
+    );
     describe_counter!(
         CACHE_EVICTIONS,
         Unit::Count,

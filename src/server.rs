@@ -218,6 +218,15 @@ impl Server {
         };
         // The last minutes for `/v1/stats` and the console (stops with the state).
         state.stats_history().spawn_sampler();
+        if config.drift.enabled {
+            match crate::drift::Drift::start(&config.drift) {
+                Ok(d) => {
+                    crate::metrics::set_drift_threshold(config.drift.threshold);
+                    state.set_drift(d);
+                }
+                Err(e) => tracing::warn!("drift monitoring off: cannot start its thread ({e})"),
+            }
+        }
         let serving = tokio::spawn(listener::serve(
             listener,
             app,

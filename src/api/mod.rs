@@ -7,6 +7,7 @@ pub mod auth;
 pub mod budget;
 pub mod budgets_query;
 pub mod console;
+pub mod drift_query;
 pub mod error;
 pub mod grpc;
 pub mod handler;
@@ -57,6 +58,8 @@ struct StateInner {
     stats: stats::History,
     /// The response cache, when on, and the watts a lookup is charged at.
     cache: Option<(crate::cache::ResponseCache, f64)>,
+    /// The input drift monitor, when on.
+    drift: OnceLock<crate::drift::Drift>,
 }
 
 /// Where usage is recorded and read back.
@@ -97,6 +100,7 @@ impl AppState {
                 usage,
                 stats: stats::History::default(),
                 cache,
+                drift: OnceLock::new(),
             }),
         }
     }
@@ -136,6 +140,16 @@ impl AppState {
     /// The response cache and the watts its lookups are charged at, when on.
     pub fn cache(&self) -> Option<(&crate::cache::ResponseCache, f64)> {
         self.inner.cache.as_ref().map(|(c, w)| (c, *w))
+    }
+
+    /// Starts watching inputs for drift (once; the server does it when `drift.enabled`).
+    pub fn set_drift(&self, drift: crate::drift::Drift) {
+        let _ = self.inner.drift.set(drift);
+    }
+
+    /// The input drift monitor, when on.
+    pub fn drift(&self) -> Option<&crate::drift::Drift> {
+        self.inner.drift.get()
     }
 
     /// The API keys and the paths open without one.
@@ -191,6 +205,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/usage/export", get(usage_export::export))
         .route("/v1/budgets", get(budgets_query::budgets))
         .route("/v1/stats", get(stats::stats))
+        .route("/v1/drift", get(drift_query::drift))
         .route("/ui", get(console::ui))
         .merge(v2::routes())
         .fallback(

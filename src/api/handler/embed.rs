@@ -151,6 +151,7 @@ pub async fn embed<'a>(
         input_tokens: prompt_tokens,
     };
     let mut vectors: Vec<Vec<f32>> = Vec::with_capacity(texts.len());
+    let mut input_tokens: Vec<usize> = Vec::with_capacity(texts.len());
     let (energy, batch_size, queue_time, compute_time) = match computed {
         Some((tokens, output)) => {
             let settled = settle_energy(
@@ -168,11 +169,15 @@ pub async fn embed<'a>(
             let mut fresh = output.embeddings.into_iter().zip(tokens);
             for c in cached {
                 match c {
-                    Ok(hit) => vectors.push(hit.vector.as_ref().clone()),
+                    Ok(hit) => {
+                        input_tokens.push(hit.tokens);
+                        vectors.push(hit.vector.as_ref().clone());
+                    }
                     Err(key) => {
                         let Some((v, tokens)) = fresh.next() else {
                             return Err(ApiError::internal("the batch answered fewer vectors"));
                         };
+                        input_tokens.push(tokens);
                         if let (Some((cache, _)), Some(key)) = (state.cache(), key) {
                             let value = CachedEmbedding {
                                 vector: Arc::new(v.clone()),
@@ -192,18 +197,27 @@ pub async fn embed<'a>(
             )
         }
         None => {
-            vectors.extend(
-                cached
-                    .into_iter()
-                    .flatten()
-                    .map(|c| c.vector.as_ref().clone()),
-            );
+            for c in cached.into_iter().flatten() {
+                input_tokens.push(c.tokens);
+                vectors.push(c.vector.as_ref().clone());
+            }
             if let Some(e) = &lookup {
                 crate::metrics::record_request_energy(&model.name, e.joules);
             }
             (lookup, 0, Duration::ZERO, Duration::ZERO)
         }
     };
+    if let Some(d) = state.drift() {
+        for (tokens, vector) in input_tokens.iter().zip(&vectors) {
+            d.observe(
+                &model.name,
+                crate::drift::Observation::Embedding {
+                    tokens: *tokens,
+                    vector: vector.clone(),
+                },
+            );
+        }
+    }
     Ok(Embedded {
         model,
         vectors,

@@ -34,6 +34,8 @@ pub struct Prepared<'a> {
     pub plan: Plan,
     /// The prompt's ids, fitting the context with room for the completion.
     pub prompt: FittingPrompt,
+    /// Where its prompt and output lengths go when it ends (drift monitoring), when on.
+    pub drift: Option<crate::drift::Drift>,
 }
 
 /// Finds the model, validates the request as `endpoint` reads it (`raw_prompt` is `messages`
@@ -54,6 +56,7 @@ pub async fn prepare<'a>(
     let prompt = validate::check_context(gen, ids, &plan, endpoint)?;
     crate::metrics::record_tokens(&model.name, "prompt", prompt.len());
     Ok(Prepared {
+        drift: state.drift().cloned(),
         model,
         gen,
         plan,
@@ -103,6 +106,7 @@ impl<'a> Prepared<'a> {
             events: rx,
             abandoned,
             prompt_tokens,
+            drift: self.drift,
         })
     }
 }
@@ -119,6 +123,21 @@ pub struct Submitted<'a> {
     abandoned: oneshot::Receiver<Finished>,
     /// Its prompt's length.
     prompt_tokens: usize,
+    /// Drift monitoring, when on.
+    drift: Option<crate::drift::Drift>,
+}
+
+/// Hands a finished completion's prompt and output lengths to the drift monitor.
+fn observe(drift: Option<&crate::drift::Drift>, model: &str, done: &Finished) {
+    if let Some(d) = drift {
+        d.observe(
+            model,
+            crate::drift::Observation::Values(vec![
+                ("prompt_tokens", done.prompt_tokens as f64),
+                ("output_tokens", done.completion_tokens as f64),
+            ]),
+        );
+    }
 }
 
 impl<'a> Submitted<'a> {
@@ -143,6 +162,7 @@ impl<'a> Submitted<'a> {
             abandoned: Some(self.abandoned),
             prompt_tokens: self.prompt_tokens,
             usage: Some(usage),
+            drift: self.drift,
         };
         (events, PendingUsage::new(pending))
     }
@@ -158,6 +178,7 @@ impl<'a> Submitted<'a> {
                 None => return Err(ApiError::internal("the compute thread stopped")),
             }
         };
+        observe(self.drift.as_ref(), &self.model.name, &done);
         let work = Work::Generation {
             output_tokens: done.completion_tokens,
         };
@@ -220,6 +241,7 @@ pub struct SequenceEvents {
     abandoned: Option<oneshot::Receiver<Finished>>,
     prompt_tokens: usize,
     usage: Option<oneshot::Sender<UsageReport>>,
+    drift: Option<crate::drift::Drift>,
 }
 
 impl SequenceEvents {
@@ -232,12 +254,14 @@ impl SequenceEvents {
     /// stream's last event (`None` when not metered, or when the meter could not settle: the
     /// 200 is out, so that leaves the energy out rather than failing the completion).
     pub async fn settle(&mut self, done: &Finished) -> Option<UsageEnergy> {
+        observe(self.drift.as_ref(), &self.model.name, done);
         settle_and_report(&self.model, done, self.usage.take()).await
     }
 
     /// The same off the stream (which can end now): for a stream that tells its client nothing
     /// about energy, while the ledger and the energy-per-request metric count it all the same.
     pub fn settle_later(&mut self, done: Finished) {
+        observe(self.drift.as_ref(), &self.model.name, &done);
         let (model, usage) = (self.model.clone(), self.usage.take());
         tokio::spawn(async move { settle_and_report(&model, &done, usage).await });
     }
