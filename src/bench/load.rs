@@ -10,7 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use super::report::Recorder;
+use super::report::{Recorder, Sent};
 use crate::api::grpc::pb;
 use crate::api::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::api::v2::tensor::join_byte_strings;
@@ -88,20 +88,6 @@ fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
-}
-
-/// What one request brought back.
-pub struct Sent {
-    /// HTTP status (0: the connection failed; gRPC codes as the status they stand for).
-    pub status: u16,
-    /// Latency, µs.
-    pub micros: u64,
-    /// `x-batch-size`.
-    pub batch: Option<u64>,
-    /// `x-energy-joules`.
-    pub joules: Option<f64>,
-    /// `x-cache: hit`.
-    pub cache_hit: bool,
 }
 
 impl Target {

@@ -5,6 +5,20 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// What one request brought back.
+pub struct Sent {
+    /// HTTP status (0: the connection failed; gRPC codes as the status they stand for).
+    pub status: u16,
+    /// Latency, µs.
+    pub micros: u64,
+    /// `x-batch-size`.
+    pub batch: Option<u64>,
+    /// `x-energy-joules`.
+    pub joules: Option<f64>,
+    /// `x-cache: hit`.
+    pub cache_hit: bool,
+}
+
 /// Raw observations of one load level, merged across client tasks.
 pub struct Recorder {
     /// Latency of successful requests, microseconds.
@@ -52,7 +66,7 @@ impl Default for Recorder {
 
 impl Recorder {
     /// Records one answered request of `inputs` inputs.
-    pub fn record(&mut self, sent: &super::load::Sent, inputs: usize) {
+    pub fn record(&mut self, sent: &Sent, inputs: usize) {
         let (status, batch_size, joules) = (sent.status, sent.batch, sent.joules);
         let micros = sent.micros.clamp(1, 600_000_000);
         if status == 200 {
