@@ -219,7 +219,7 @@ pub struct LedgerSettings {
 
 enum Msg {
     Record(Box<UsageRecord>),
-    Flush(std::sync::mpsc::SyncSender<()>),
+    Flush(std::sync::mpsc::SyncSender<bool>),
 }
 
 /// The handle requests record through; cloning it shares the writer.
@@ -259,13 +259,21 @@ impl Ledger {
     }
 
     /// Asks the writer to append what it holds, and waits until it has (blocking: call it off
-    /// the async workers).
+    /// the async workers). An error when the store refused them (they wait for the next flush):
+    /// a reader would otherwise see less than was recorded.
     pub fn flush(&self) -> Result<(), LedgerError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.tx
             .send(Msg::Flush(tx))
             .map_err(|_| LedgerError::Stopped)?;
-        rx.recv().map_err(|_| LedgerError::Stopped)
+        match rx.recv() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(LedgerError::Store(
+                "the usage store refused the latest records (they are kept and retried); retry shortly"
+                    .into(),
+            )),
+            Err(_) => Err(LedgerError::Stopped),
+        }
     }
 }
 
@@ -285,7 +293,7 @@ fn write_loop(mut store: Box<dyn UsageStore>, rx: Receiver<Msg>, settings: Ledge
     let mut pending: Vec<UsageRecord> = Vec::new();
     let mut next_flush = Instant::now() + settings.flush_interval;
     let mut next_prune = Instant::now();
-    let mut waiting: Vec<std::sync::mpsc::SyncSender<()>> = Vec::new();
+    let mut waiting: Vec<std::sync::mpsc::SyncSender<bool>> = Vec::new();
     loop {
         let timeout = next_flush.saturating_duration_since(Instant::now());
         let closed = match rx.recv_timeout(timeout) {
@@ -310,8 +318,9 @@ fn write_loop(mut store: Box<dyn UsageStore>, rx: Receiver<Msg>, settings: Ledge
                     Err(e) => tracing::error!(records = pending.len(), "usage ledger: {e}"),
                 }
             }
+            let written = pending.is_empty();
             for done in waiting.drain(..) {
-                let _ = done.send(());
+                let _ = done.send(written);
             }
             next_flush = Instant::now() + settings.flush_interval;
         }
@@ -420,6 +429,7 @@ mod tests {
         *mem.fail.lock().unwrap() = true;
         let (ledger, writer) = Ledger::start(Box::new(mem.clone()), settings(10)).unwrap();
         ledger.record(record(0));
+        assert!(ledger.flush().is_err(), "a flush the store refused says so");
         std::thread::sleep(Duration::from_millis(50));
         assert!(mem.rows.lock().unwrap().is_empty());
         *mem.fail.lock().unwrap() = false;
