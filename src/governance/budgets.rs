@@ -136,6 +136,18 @@ struct Entry {
     warned: bool,
 }
 
+impl Entry {
+    /// Each limit (when set), what was spent against it this period, and its unit.
+    fn used(&self) -> [(Option<f64>, f64, &'static str); 3] {
+        let (c, s) = (&self.config, &self.spent);
+        [
+            (c.usd, s.usd, "usd"),
+            (c.kwh, s.joules / JOULES_PER_KWH, "kwh"),
+            (c.gco2e, s.gco2e, "gco2e"),
+        ]
+    }
+}
+
 /// The budgets and what was spent against them this period.
 pub struct Budgets {
     entries: Mutex<Vec<Entry>>,
@@ -214,12 +226,7 @@ impl Budgets {
             roll(e, now_ms);
             let end = period_end(e.config.period, e.period_start_ms);
             let c = &e.config;
-            let used = [
-                (c.usd, e.spent.usd, "usd"),
-                (c.kwh, e.spent.joules / JOULES_PER_KWH, "kwh"),
-                (c.gco2e, e.spent.gco2e, "gco2e"),
-            ];
-            for (limit, spent, unit) in used {
+            for (limit, spent, unit) in e.used() {
                 let Some(limit) = limit else { continue };
                 if spent >= limit {
                     return Standing::Exceeded {
@@ -304,21 +311,18 @@ impl Budgets {
             .map(|e| {
                 roll(e, now_ms);
                 let c = &e.config;
-                let limits: Vec<LimitStatus> = [
-                    (c.usd, e.spent.usd, "usd"),
-                    (c.kwh, e.spent.joules / JOULES_PER_KWH, "kwh"),
-                    (c.gco2e, e.spent.gco2e, "gco2e"),
-                ]
-                .into_iter()
-                .filter_map(|(limit, used, unit)| {
-                    limit.map(|limit| LimitStatus {
-                        unit,
-                        limit,
-                        used,
-                        fraction: used / limit,
+                let limits: Vec<LimitStatus> = e
+                    .used()
+                    .into_iter()
+                    .filter_map(|(limit, used, unit)| {
+                        limit.map(|limit| LimitStatus {
+                            unit,
+                            limit,
+                            used,
+                            fraction: used / limit,
+                        })
                     })
-                })
-                .collect();
+                    .collect();
                 let worst = limits.iter().map(|l| l.fraction).fold(0.0, f64::max);
                 BudgetStatus {
                     name: c.name(),

@@ -2,7 +2,7 @@
 //! pictures (the total cost over the years per option, stacked into hardware, energy and
 //! operations; CO2e by zone; cost per million units by precision) and the table.
 
-use super::output::traffic;
+use super::output::conditions;
 use super::{option_name, TcoReport};
 use crate::charts::page::Page;
 use crate::charts::{human, BarChart, Series};
@@ -13,25 +13,16 @@ pub fn page(r: &TcoReport) -> String {
     let mut p = Page::new(
         "wattserve TCO",
         &format!(
-            "Objective {}; traffic {}; peak/mean {}; growth {:.0}%/year; PUE {}; ${}/kWh; operations ${}/month. Throughput, latency and energy measured by wattserve bench.",
-            r.slo,
-            traffic(r),
-            r.peak_to_mean,
-            r.growth * 100.0,
-            r.pue,
-            r.usd_per_kwh,
-            r.ops_usd_per_month
+            "Priced under: {}. Throughput, latency and energy measured by wattserve bench.",
+            conditions(r)
         ),
     );
-    let total = |i: usize| {
-        r.options[i]
-            .horizons
-            .iter()
-            .find(|h| h.years == longest)
-            .cloned()
+    // An option and its sums over the longest horizon.
+    let at_longest = |i: Option<usize>| {
+        let o = &r.options[i?];
+        Some((o, o.horizon(longest)?))
     };
-    if let Some(h) = r.cheapest.and_then(total) {
-        let o = &r.options[r.cheapest.unwrap_or(0)];
+    if let Some((o, h)) = at_longest(r.cheapest) {
         p.paragraph(
             &format!(
                 "Cheapest over {longest} years: {} — ${:.2} (hardware ${:.2}, energy ${:.2}, operations ${:.2}); {} machine(s) in year 1.",
@@ -45,8 +36,7 @@ pub fn page(r: &TcoReport) -> String {
             Some("win"),
         );
     }
-    if let Some(h) = r.lowest_carbon.and_then(total) {
-        let o = &r.options[r.lowest_carbon.unwrap_or(0)];
+    if let Some((o, h)) = at_longest(r.lowest_carbon) {
         p.paragraph(
             &format!(
                 "Lowest carbon over {longest} years: {} — {} kgCO2e ({} kWh).",
@@ -141,12 +131,7 @@ pub fn page(r: &TcoReport) -> String {
             title: format!("CO2e over {longest} years by zone (operational + embodied)"),
             unit: "kgCO2e".into(),
             categories: zones.clone(),
-            series: per_zone(&|o| {
-                o.horizons
-                    .iter()
-                    .find(|h| h.years == longest)
-                    .map_or(0.0, |h| h.co2e_kg)
-            }),
+            series: per_zone(&|o| o.horizon(longest).map_or(0.0, |h| h.co2e_kg)),
             stacked: false,
         }
         .svg(),

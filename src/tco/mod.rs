@@ -444,7 +444,7 @@ pub fn run(args: &TcoArgs, live: Option<&LiveTraffic>) -> Result<TcoReport, TcoE
     horizons.sort_unstable();
     horizons.dedup();
     let longest = horizons.last().copied().unwrap_or(1);
-    let at_longest = |o: &Priced| o.horizons.iter().find(|h| h.years == longest).cloned();
+    let at_longest = |o: &Priced| o.horizon(longest).cloned();
     let pick = |key: &dyn Fn(&model::Horizon) -> f64| {
         options
             .iter()

@@ -128,6 +128,13 @@ pub struct Priced {
     pub co2e_g_per_million: f64,
 }
 
+impl Priced {
+    /// The sums over the first `years` years, when that horizon was asked for.
+    pub fn horizon(&self, years: u32) -> Option<&Horizon> {
+        self.horizons.iter().find(|h| h.years == years)
+    }
+}
+
 /// Prices `capacity` on `hardware` in `zone` for `traffic`, year by year up to the largest of
 /// `horizons`.
 pub fn price(

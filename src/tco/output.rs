@@ -13,17 +13,7 @@ fn usd(v: f64) -> String {
 /// The Markdown table, with the winners named under it.
 pub fn markdown(r: &TcoReport) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "objective {}; traffic {}; peak/mean {}; growth {:.0}%/year; PUE {}; ${}/kWh; ops ${}/month",
-        r.slo,
-        traffic(r),
-        r.peak_to_mean,
-        r.growth * 100.0,
-        r.pue,
-        r.usd_per_kwh,
-        r.ops_usd_per_month
-    );
+    let _ = writeln!(out, "{}", conditions(r));
     out.push('\n');
     let (header, rows) = table(r);
     let _ = writeln!(out, "| {} |", header.join(" | "));
@@ -43,7 +33,7 @@ pub fn markdown(r: &TcoReport) -> String {
     let longest = r.longest();
     if let Some(i) = r.cheapest {
         let o = &r.options[i];
-        let h = o.horizons.iter().find(|h| h.years == longest);
+        let h = o.horizon(longest);
         let _ = writeln!(
             out,
             "cheapest over {longest} years: {} (${})",
@@ -53,7 +43,7 @@ pub fn markdown(r: &TcoReport) -> String {
     }
     if let Some(i) = r.lowest_carbon {
         let o = &r.options[i];
-        let h = o.horizons.iter().find(|h| h.years == longest);
+        let h = o.horizon(longest);
         let _ = writeln!(
             out,
             "lowest carbon over {longest} years: {} ({} kgCO2e)",
@@ -128,11 +118,11 @@ pub fn table(r: &TcoReport) -> (Vec<String>, Vec<Vec<String>>) {
                 format!("{:.4}", o.usd_per_million),
             ];
             for n in &r.horizons {
-                let h = o.horizons.iter().find(|h| h.years == *n);
+                let h = o.horizon(*n);
                 row.push(h.map_or("-".into(), |h| usd(h.total_usd)));
             }
             for n in &r.horizons {
-                let h = o.horizons.iter().find(|h| h.years == *n);
+                let h = o.horizon(*n);
                 row.push(h.map_or("-".into(), |h| human(h.co2e_kg)));
             }
             row
@@ -147,6 +137,20 @@ fn short_unit(unit: &str) -> &str {
     } else {
         "tok"
     }
+}
+
+/// The conditions every option was priced under, in one line (the report's heading).
+pub fn conditions(r: &TcoReport) -> String {
+    format!(
+        "objective {}; traffic {}; peak/mean {}; growth {:.0}%/year; PUE {}; ${}/kWh; operations ${}/month",
+        r.slo,
+        traffic(r),
+        r.peak_to_mean,
+        r.growth * 100.0,
+        r.pue,
+        r.usd_per_kwh,
+        r.ops_usd_per_month
+    )
 }
 
 /// The traffic in words.
@@ -238,7 +242,7 @@ pub fn csv(r: &TcoReport) -> String {
             o.co2e_g_per_million.to_string(),
         ];
         for n in &r.horizons {
-            match o.horizons.iter().find(|h| h.years == *n) {
+            match o.horizon(*n) {
                 Some(h) => row.extend(
                     [
                         h.hardware_usd,
