@@ -3,7 +3,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .PHONY: serve test models openai-client v2-clients focus-validator build release fmt clean check-cuda soak \
-	check-prometheus e2e-prometheus check-k8s check-docker browser
+	check-prometheus e2e-prometheus check-k8s check-docker browser bench-peers
 
 ## Fetch the default models if missing, build release, serve on :8080 (pass more flags with ARGS=...).
 serve: models
@@ -71,6 +71,18 @@ fmt:
 
 clean:
 	$(CARGO) clean
+
+## wattserve's embedding engine beside ONNX Runtime (not in CI; about 6 minutes): installs ONNX
+## Runtime into target/peers-venv, exports the same MiniLM weights to ONNX (fp32, and dynamic int8
+## with per-channel weights) in target/peers, then runs both on the same sentences, alternated, and
+## prints the side-by-side table (also written to target/peers/compare.md). PEERS_ARGS to change
+## rounds, seconds or threads.
+PEERS_ARGS ?= --rounds 3 --seconds 5 --threads 2
+bench-peers: models release
+	./tests/clients/setup.sh benches/peers/requirements.txt target/peers-venv
+	target/peers-venv/bin/python benches/peers/export_minilm.py models/minilm/weights target/peers
+	target/peers-venv/bin/python benches/peers/compare.py --wattserve target/release/wattserve \
+	  --weights models/minilm/weights --onnx target/peers --out target/peers/compare.md $(PEERS_ARGS)
 
 ## Prometheus rules and Alertmanager config in deploy/: `promtool check rules` and the rule unit
 ## tests (deploy/prometheus/*.test.yml), then `amtool check-config` and the routing of each

@@ -1,6 +1,7 @@
-//! `wattserve-kernels`: int8 quantization and GEMM for wattserve's int8 precision.
+//! `wattserve-kernels`: the CPU GEMMs of wattserve's encoder and decoders.
 //!
-//! The scheme (see the README): per-output-channel symmetric int8 weights, dynamic per-row
+//! [`dense`] is the f32 and bf16 GEMM with packed weights (AVX-512 FMA and `vdpbf16ps`, bias and
+//! GELU fused). The int8 scheme (see the README): per-output-channel symmetric int8 weights, dynamic per-row
 //! symmetric int8 activations, i32 accumulation, f32 rescale plus bias.
 //! [`reference`](mod@reference) defines the arithmetic; [`gemm`] packs weights once and runs it
 //! with AVX-512 VNNI, AVX2 or scalar code, chosen at run time, all bit-identical. [`q8_0`] and
@@ -9,9 +10,12 @@
 
 #![warn(missing_docs)]
 
+pub mod activation;
+pub mod attention;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod dense;
 pub mod gemm;
 pub mod q8_0;
 pub mod q8_tiles;
@@ -22,6 +26,7 @@ pub mod amx {
     pub use crate::cpu::AMX_DISABLE_ENV as DISABLE_ENV;
 }
 
+pub use dense::{linear_dense, linear_dense_into, Bf16Math, DensePath, Epilogue, PackedDense};
 pub use gemm::{linear_i8, Isa, PackedWeights};
 pub use reference::{gemm_i8_reference, quantize_rows, QuantizedRows};
 

@@ -5,6 +5,17 @@ use std::path::Path;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+/// Writes `inputs` one JSON string per line (what [`from_jsonl`] reads back). Errors name the
+/// file.
+pub fn to_jsonl(inputs: &[String], path: &Path) -> Result<(), String> {
+    let mut text = String::new();
+    for input in inputs {
+        text.push_str(&serde_json::Value::String(input.clone()).to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// Reads one input per line: a JSON string, or an object with `text` or `input` (a string).
 /// Blank lines are skipped. Errors name the file and line.
 pub fn from_jsonl(path: &Path) -> Result<Vec<String>, String> {
@@ -135,6 +146,18 @@ pub fn generate(n: usize, seed: u64) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_inputs_read_back_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inputs.jsonl");
+        let mut inputs = generate(20, 3);
+        inputs.push("quotes \" and\nnewlines, ünïcode".into());
+        to_jsonl(&inputs, &path).unwrap();
+        assert_eq!(from_jsonl(&path).unwrap(), inputs);
+        let err = to_jsonl(&inputs, &dir.path().join("missing/x.jsonl")).unwrap_err();
+        assert!(err.contains("missing/x.jsonl"), "{err}");
+    }
 
     #[test]
     fn generator_is_deterministic_and_mixed() {

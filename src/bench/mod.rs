@@ -70,6 +70,10 @@ pub struct BenchArgs {
     /// same inputs.
     #[arg(long)]
     pub offline_ceiling: bool,
+    /// With --offline-ceiling: the batch sizes to time the engine at, each in turn (e.g. `1,32`)
+    /// [default: the model's max_batch_size].
+    #[arg(long, value_delimiter = ',')]
+    pub ceiling_batch: Vec<usize>,
     /// Closed loop: concurrent clients per level, run in turn [default: 1,8,32 without --rate].
     #[arg(long, value_delimiter = ',')]
     pub concurrency: Vec<usize>,
@@ -93,6 +97,10 @@ pub struct BenchArgs {
     /// built-in generator.
     #[arg(long)]
     pub inputs: Option<PathBuf>,
+    /// Also write the inputs, one JSON string per line, here (so that other tools can be fed
+    /// the same text; `--inputs` reads the file back).
+    #[arg(long)]
+    pub save_inputs: Option<PathBuf>,
     /// Distinct generated inputs.
     #[arg(long, default_value_t = 512)]
     pub generate: usize,
@@ -178,6 +186,9 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         Some(p) => inputs::from_jsonl(p).map_err(BenchError::Usage)?,
         None => inputs::generate(args.generate.max(1), args.seed),
     });
+    if let Some(path) = &args.save_inputs {
+        inputs::to_jsonl(&inputs, path).map_err(BenchError::Usage)?;
+    }
     let load_start = procfs::load_average();
 
     // The server: given, or in-process.
@@ -461,7 +472,14 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
     let mut ceilings = Vec::new();
     if args.offline_ceiling {
         for e in entries.iter().filter(|e| !is_generation(&e.spec.name)) {
-            ceilings.push(offline_ceiling(e, &inputs, args.duration.clamp(1.0, 30.0)).await?);
+            let sizes = match args.ceiling_batch.is_empty() {
+                true => vec![e.spec.batching.max_batch_size],
+                false => args.ceiling_batch.clone(),
+            };
+            for b in sizes {
+                let seconds = args.duration.clamp(1.0, 30.0);
+                ceilings.push(offline_ceiling(e, &inputs, b, seconds).await?);
+            }
         }
     }
     if let Some((tx, task)) = in_process {
@@ -626,13 +644,19 @@ async fn wait_ready(
         .unwrap_or_default())
 }
 
-/// The engine alone on the same inputs, in order, in batches of the model's `max_batch_size`,
-/// on a blocking thread, for about `seconds`.
+/// The engine alone on the same inputs, in order, in batches of `batch_size`, on a blocking
+/// thread, for about `seconds`.
 async fn offline_ceiling(
     entry: &ModelEntry,
     inputs: &Arc<Vec<String>>,
+    batch_size: usize,
     seconds: f64,
 ) -> Result<CeilingReport, BenchError> {
+    if batch_size == 0 {
+        return Err(BenchError::Usage(
+            "--ceiling-batch sizes must be at least 1".into(),
+        ));
+    }
     let entry = entry.clone();
     let inputs = inputs.clone();
     tokio::task::spawn_blocking(move || {
@@ -644,7 +668,7 @@ async fn offline_ceiling(
             .map(|t| model.tokenizer().encode(t, true))
             .collect::<Result<_, _>>()
             .map_err(|e| BenchError::Target(format!("offline ceiling: {e}")))?;
-        let b = spec.batching.max_batch_size;
+        let b = batch_size;
         let batches: Vec<Vec<&[u32]>> = ids
             .chunks(b)
             .map(|c| c.iter().map(Vec::as_slice).collect())
@@ -658,12 +682,16 @@ async fn offline_ceiling(
         let cpu0 = procfs::process_cpu_seconds();
         let start = Instant::now();
         let (mut done, mut count) = (0usize, 0usize);
+        let mut latencies_ms = Vec::new();
         while start.elapsed().as_secs_f64() < seconds || count == 0 {
             let batch = &batches[count % batches.len()];
+            let t0 = Instant::now();
             run(batch)?;
+            latencies_ms.push(t0.elapsed().as_secs_f64() * 1e3);
             done += batch.len();
             count += 1;
         }
+        latencies_ms.sort_by(f64::total_cmp);
         let elapsed = start.elapsed().as_secs_f64();
         let cpu = match (cpu0, procfs::process_cpu_seconds()) {
             (Some(a), Some(b)) if b > a => Some(b - a),
@@ -674,6 +702,7 @@ async fn offline_ceiling(
             batch_size: b,
             inputs_per_s: done as f64 / elapsed,
             batches: count,
+            batch_p50_ms: latencies_ms[latencies_ms.len() / 2],
             inputs_per_cpu_s: cpu.map(|c| done as f64 / c),
         })
     })

@@ -218,6 +218,8 @@ pub struct CeilingReport {
     pub inputs_per_s: f64,
     /// Forward passes timed.
     pub batches: usize,
+    /// Median time of one forward pass (milliseconds).
+    pub batch_p50_ms: f64,
     /// Inputs per process CPU-second during the measurement (the server is idle meanwhile).
     pub inputs_per_cpu_s: Option<f64>,
 }
@@ -373,11 +375,12 @@ pub fn table(r: &BenchReport) -> String {
     }
     for c in &r.ceilings {
         out.push_str(&format!(
-            "engine ceiling (in-process, no HTTP): {} at batch {}: {:.1} inputs/s ({} inputs/CPU-s) over {} batches\n",
+            "engine ceiling (in-process, no HTTP): {} at batch {}: {:.1} inputs/s ({} inputs/CPU-s), batch p50 {:.2} ms over {} batches\n",
             c.model,
             c.batch_size,
             c.inputs_per_s,
             c.inputs_per_cpu_s.map_or("-".into(), |v| format!("{v:.1}")),
+            c.batch_p50_ms,
             c.batches
         ));
     }

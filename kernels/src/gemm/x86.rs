@@ -8,6 +8,11 @@ use super::layout::{BLOCK_N, TILE_M};
 /// AVX-512 VNNI: activations as u8 (q + 128) against s8 weights with `vpdpbusd`, then
 /// `- 128 × Σw` per channel. `values` holds `rows` (a multiple of [`TILE_M`]) rows of `kp` bytes.
 ///
+/// Tiles of up to [`VNNI_ROWS`] rows × two blocks (32 channels): 24 independent accumulator
+/// chains, enough to keep both `vpdpbusd` ports busy through its latency (8 chains, as a 4-row
+/// tile has, leave a fifth of its throughput unused), and each weight register loaded once per
+/// 12 rows.
+///
 /// # Safety
 /// The CPU must support AVX-512F, AVX-512BW and AVX-512 VNNI.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
@@ -26,71 +31,102 @@ pub unsafe fn dot_rows_vnni(
     // u8 view with the +128 offset, one row after another.
     let shifted: Vec<u8> = values.iter().map(|&v| (v as u8) ^ 0x80).collect();
     let mut nb = 0;
-    // Two blocks × four rows = eight independent accumulator chains: enough to hide vpdpbusd's
-    // latency (one or four chains leave most of its throughput unused).
-    while nb + 1 < blocks {
+    while nb < blocks {
+        let pair = nb + 1 < blocks;
         let w0 = weights.as_ptr().add(nb * k4 * 64);
-        let w1 = weights.as_ptr().add((nb + 1) * k4 * 64);
+        // A lone last block runs with itself as its partner; only its own half is stored.
+        let w1 = if pair {
+            weights.as_ptr().add((nb + 1) * k4 * 64)
+        } else {
+            w0
+        };
+        // 128 × Σw per channel.
         let corr0 = _mm512_slli_epi32(
             _mm512_loadu_si512(col_sums.as_ptr().add(nb * BLOCK_N) as *const _),
             7,
         );
-        let corr1 = _mm512_slli_epi32(
-            _mm512_loadu_si512(col_sums.as_ptr().add((nb + 1) * BLOCK_N) as *const _),
-            7,
-        );
+        let corr1 = if pair {
+            _mm512_slli_epi32(
+                _mm512_loadu_si512(col_sums.as_ptr().add((nb + 1) * BLOCK_N) as *const _),
+                7,
+            )
+        } else {
+            corr0
+        };
         let mut r = 0;
         while r < rows {
-            let a = shifted.as_ptr().add(r * kp);
-            let mut c = [_mm512_setzero_si512(); 8];
-            for kg in 0..k4 {
-                let wv0 = _mm512_loadu_si512(w0.add(kg * 64) as *const _);
-                let wv1 = _mm512_loadu_si512(w1.add(kg * 64) as *const _);
-                for i in 0..TILE_M {
-                    let av = _mm512_set1_epi32(std::ptr::read_unaligned(
-                        a.add(i * kp + kg * 4) as *const i32
-                    ));
-                    c[i] = _mm512_dpbusd_epi32(c[i], av, wv0);
-                    c[TILE_M + i] = _mm512_dpbusd_epi32(c[TILE_M + i], av, wv1);
-                }
+            let take = VNNI_ROWS.min(rows - r);
+            let tile = VnniTile {
+                a: shifted.as_ptr().add(r * kp),
+                kp,
+                k4,
+                w0,
+                w1,
+                corr0,
+                corr1,
+                out: out.as_mut_ptr().add(r * np + nb * BLOCK_N),
+                np,
+            };
+            match (take, pair) {
+                (12, true) => tile.run::<12, true>(),
+                (8, true) => tile.run::<8, true>(),
+                (_, true) => tile.run::<4, true>(),
+                (12, false) => tile.run::<12, false>(),
+                (8, false) => tile.run::<8, false>(),
+                (_, false) => tile.run::<4, false>(),
             }
-            for i in 0..TILE_M {
-                let row = out.as_mut_ptr().add((r + i) * np + nb * BLOCK_N);
-                _mm512_storeu_si512(row as *mut _, _mm512_sub_epi32(c[i], corr0));
-                _mm512_storeu_si512(
-                    row.add(BLOCK_N) as *mut _,
-                    _mm512_sub_epi32(c[TILE_M + i], corr1),
-                );
-            }
-            r += TILE_M;
+            r += take;
         }
         nb += 2;
     }
-    if nb < blocks {
-        let wblock = weights.as_ptr().add(nb * k4 * 64);
-        let sums = _mm512_loadu_si512(col_sums.as_ptr().add(nb * BLOCK_N) as *const _);
-        let correction = _mm512_slli_epi32(sums, 7); // 128 × Σw
-        let mut r = 0;
-        while r < rows {
-            let a = shifted.as_ptr().add(r * kp);
-            let mut c = [_mm512_setzero_si512(); TILE_M];
-            for kg in 0..k4 {
-                let wv = _mm512_loadu_si512(wblock.add(kg * 64) as *const _);
-                for (i, acc) in c.iter_mut().enumerate() {
-                    let av = _mm512_set1_epi32(std::ptr::read_unaligned(
-                        a.add(i * kp + kg * 4) as *const i32
-                    ));
-                    *acc = _mm512_dpbusd_epi32(*acc, av, wv);
+}
+
+/// Rows per VNNI tile (a multiple of [`TILE_M`], so that padded row counts split into 12, 8
+/// and 4).
+const VNNI_ROWS: usize = 3 * TILE_M;
+
+/// One VNNI tile's operands: `R` rows of u8 activations from `a` (rows `kp` apart) against
+/// blocks `w0` and `w1` (`PAIR`; else `w0` only), exact i32 results to `out` (rows `np`
+/// apart).
+struct VnniTile {
+    a: *const u8,
+    kp: usize,
+    k4: usize,
+    w0: *const i8,
+    w1: *const i8,
+    corr0: __m512i,
+    corr1: __m512i,
+    out: *mut i32,
+    np: usize,
+}
+
+impl VnniTile {
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn run<const R: usize, const PAIR: bool>(&self) {
+        let mut c0 = [_mm512_setzero_si512(); R];
+        let mut c1 = [_mm512_setzero_si512(); R];
+        for kg in 0..self.k4 {
+            let wv0 = _mm512_loadu_si512(self.w0.add(kg * 64) as *const _);
+            let wv1 = _mm512_loadu_si512(self.w1.add(kg * 64) as *const _);
+            for i in 0..R {
+                let av = _mm512_set1_epi32(std::ptr::read_unaligned(
+                    self.a.add(i * self.kp + kg * 4) as *const i32,
+                ));
+                c0[i] = _mm512_dpbusd_epi32(c0[i], av, wv0);
+                if PAIR {
+                    c1[i] = _mm512_dpbusd_epi32(c1[i], av, wv1);
                 }
             }
-            for (i, acc) in c.into_iter().enumerate() {
-                let exact = _mm512_sub_epi32(acc, correction);
+        }
+        for i in 0..R {
+            let row = self.out.add(i * self.np);
+            _mm512_storeu_si512(row as *mut _, _mm512_sub_epi32(c0[i], self.corr0));
+            if PAIR {
                 _mm512_storeu_si512(
-                    out.as_mut_ptr().add((r + i) * np + nb * BLOCK_N) as *mut _,
-                    exact,
+                    row.add(BLOCK_N) as *mut _,
+                    _mm512_sub_epi32(c1[i], self.corr1),
                 );
             }
-            r += TILE_M;
         }
     }
 }

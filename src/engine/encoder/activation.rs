@@ -1,32 +1,13 @@
-//! A fast exact-GELU for f32 on the CPU: `gelu(x) = x/2 · (1 + erf(x/√2))` with erf as a rational
-//! function (Eigen's `generic_fast_erf_float` coefficients, as used by XLA; error below 1e-6 here,
-//! tested against libm), computed branch-free (plain multiply-adds: `mul_add` would call a software `fmaf` without the FMA
-//! target feature) so it vectorizes, and split over rayon's pool.
+//! A fast exact-GELU for f32 tensors on the CPU, for layers whose GEMM does not fuse it: the
+//! kernels' [`gelu_erf`](wattserve_kernels::activation::gelu_erf) (a rational erf, error below
+//! 1e-6, tested against libm here) over the tensor, split over rayon's pool.
 //! candle's own `gelu_erf` calls libm's `erff` per element on one thread, which took a sixth of
 //! the int8 forward pass.
 
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
-
-/// erf(x) for f32: `x · P(x²) / Q(x²)` on x clamped to [-4, 4] (beyond, erf is ±1 in f32).
-#[inline(always)]
-pub fn fast_erf(x: f32) -> f32 {
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let mut p = -2.726_142_3e-10_f32;
-    p = p * x2 + 2.770_681_4e-8;
-    p = p * x2 + -2.101_024e-6;
-    p = p * x2 + -5.692_506_4e-5;
-    p = p * x2 + -7.349_906e-4;
-    p = p * x2 + -2.954_6e-3;
-    p = p * x2 + -1.609_603_3e-2;
-    let mut q = -1.456_607_2e-5_f32;
-    q = q * x2 + -2.133_740_6e-4;
-    q = q * x2 + -1.682_827e-3;
-    q = q * x2 + -7.373_329e-3;
-    q = q * x2 + -1.426_474e-2;
-    x * p / q
-}
+pub use wattserve_kernels::activation::fast_erf;
+use wattserve_kernels::activation::gelu_erf as gelu_one;
 
 /// Exact (erf) GELU of an f32 tensor of any shape; other dtypes go through candle's `gelu_erf`.
 pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
@@ -36,7 +17,7 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
     let mut v = x.flatten_all()?.to_vec1::<f32>()?;
     v.par_chunks_mut(16 * 1024).for_each(|chunk| {
         for y in chunk.iter_mut() {
-            *y = 0.5 * *y * (1.0 + fast_erf(*y * std::f32::consts::FRAC_1_SQRT_2));
+            *y = gelu_one(*y);
         }
     });
     Tensor::from_vec(v, x.shape(), x.device())

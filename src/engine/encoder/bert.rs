@@ -9,8 +9,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
 use serde::Deserialize;
 
-use super::linear::Linear;
+use super::linear::{activation_dtype, candle_ops_forced, with_f32_slice, Linear};
 use crate::engine::{EngineError, Precision};
+use wattserve_kernels::attention::attend_packed;
+use wattserve_kernels::{default_threads, Epilogue};
 
 /// The fields of a Hugging Face `config.json` this encoder uses.
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +88,9 @@ impl Activation {
 struct SelfAttention {
     /// Q, K and V stacked: (H) -> (3H).
     qkv: Linear,
+    /// The packed layout in f32 on the CPU runs our attention kernel (unless candle's ops were
+    /// asked for).
+    attention_kernel: bool,
     output: Linear,
     output_norm: LayerNorm,
     heads: usize,
@@ -103,6 +108,7 @@ impl SelfAttention {
                 &[(h, sa.pp("query")), (h, sa.pp("key")), (h, sa.pp("value"))],
                 precision,
             )?,
+            attention_kernel: !candle_ops_forced(),
             output: Linear::load(h, h, precision, out.pp("dense"))?,
             output_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, out.pp("LayerNorm"))?,
             heads: cfg.num_attention_heads,
@@ -112,8 +118,16 @@ impl SelfAttention {
 
     /// Self-attention block over a batch in either layout; returns the same shape as `x`.
     fn forward(&self, x: &Tensor, layout: &Layout) -> Result<Tensor, EngineError> {
-        // (.., 3H) -> three (.., H)
+        // (.., 3H)
         let qkv = self.qkv.forward(x)?;
+        if let Layout::Packed { spans } = layout {
+            if self.attention_kernel && qkv.dtype() == DType::F32 && qkv.device().is_cpu() {
+                let context = self.attend_packed_f32(&qkv, spans)?;
+                let projected = self.output.forward(&context)?;
+                return Ok(self.output_norm.forward(&(projected + x)?)?);
+            }
+        }
+        // three (.., H)
         let last = qkv.rank() - 1;
         let h = qkv.dim(last)? / 3;
         let q = qkv.narrow(last, 0, h)?.contiguous()?;
@@ -155,6 +169,29 @@ impl SelfAttention {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, t, h))?)
+    }
+
+    /// The packed layout in f32 on the CPU: the attention kernel reads Q, K and V straight from
+    /// the fused projection (N, 3H) and writes the context (N, H).
+    fn attend_packed_f32(
+        &self,
+        qkv: &Tensor,
+        spans: &[(usize, usize)],
+    ) -> Result<Tensor, EngineError> {
+        let n = qkv.dim(0)?;
+        let h = self.heads * self.head_dim;
+        let mut context = vec![0f32; n * h];
+        with_f32_slice(qkv, |qkv| {
+            attend_packed(
+                qkv,
+                spans,
+                self.heads,
+                self.head_dim,
+                default_threads(),
+                &mut context,
+            )
+        })?;
+        Ok(Tensor::from_vec(context, (n, h), &Device::Cpu)?)
     }
 
     /// `q`, `k`, `v`: (N, H), the tokens of all sequences one after another; each span is one
@@ -234,9 +271,15 @@ impl FeedForward {
         })
     }
 
-    /// (B, T, H) -> (B, T, I) -> (B, T, H), residual + LayerNorm.
+    /// (B, T, H) -> (B, T, I) -> (B, T, H), residual + LayerNorm. The exact GELU is fused into
+    /// the up projection where its kernel can.
     fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
-        let up = self.act.apply(&self.up.forward(x)?)?;
+        let up = match self.act {
+            Activation::GeluErf if self.up.fuses_epilogue() => {
+                self.up.forward_with(x, Epilogue::GeluErf)?
+            }
+            act => act.apply(&self.up.forward(x)?)?,
+        };
         let down = self.down.forward(&up)?;
         Ok(self.norm.forward(&(down + x)?)?)
     }
@@ -288,8 +331,8 @@ impl BertEncoder {
             vb
         };
         // Layers other than the projections stay in f32 (embeddings, LayerNorm) unless the whole
-        // model is dense half precision, where activations flow in that dtype.
-        let dtype = precision.dense_dtype().unwrap_or(DType::F32);
+        // model is dense half precision through candle, where activations flow in that dtype.
+        let dtype = activation_dtype(precision, vb.device());
         let emb = vb.pp("embeddings");
         let h = cfg.hidden_size;
         let word = candle_nn::embedding(cfg.vocab_size, h, emb.pp("word_embeddings"))?;

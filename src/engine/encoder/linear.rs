@@ -1,11 +1,16 @@
 //! The `Linear` layer every encoder projection goes through, so that the precision of all of them
-//! is switched in one place: dense f32/f16/bf16 through candle, or int8 through our kernels.
+//! is switched in one place: on CPUs with AVX-512, f32 and bf16 through our packed-weight GEMM
+//! ([`wattserve_kernels::dense`]); int8 through our int8 kernels; otherwise (GPUs, f16, CPUs
+//! without AVX-512) dense through candle.
 
 use std::sync::Arc;
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use wattserve_kernels::{default_threads, linear_i8, Isa, PackedWeights};
+use wattserve_kernels::{
+    default_threads, linear_dense, linear_i8, Bf16Math, DensePath, Epilogue, Isa, PackedDense,
+    PackedWeights,
+};
 
 use crate::engine::{EngineError, Precision};
 
@@ -23,6 +28,14 @@ pub enum Linear {
         bias: Arc<Vec<f32>>,
         /// The kernel's instruction set.
         isa: Isa,
+    },
+    /// f32 or bf16 weights packed once at load for our AVX-512 GEMM (bf16: `vdpbf16ps` with
+    /// f32 accumulation); f32 activations in and out, bias (and GELU, when asked) fused.
+    Packed {
+        /// Packed weights and bias.
+        weights: Arc<PackedDense>,
+        /// The kernel's code path.
+        path: DensePath,
     },
     /// The same int8 scheme on a CUDA GPU (`__dp4a` kernels; compiled, never run on a GPU here).
     #[cfg(feature = "cuda")]
@@ -70,6 +83,39 @@ impl Linear {
         precision: Precision,
     ) -> Result<Self, EngineError> {
         let (out_dim, in_dim) = weight.dims2()?;
+        if let Some((path, bf16)) = packed_kernel(precision, weight.device()) {
+            let flat = weight
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            let weights = if bf16 {
+                PackedDense::bf16(&flat, out_dim, in_dim, Some(&bias), Bf16Math::detect())
+            } else {
+                PackedDense::f32(&flat, out_dim, in_dim, Some(&bias))
+            };
+            static LOGGED: std::sync::Once = std::sync::Once::new();
+            LOGGED.call_once(|| {
+                tracing::info!(
+                    "dense GEMM kernel: {} (packed weights; {CANDLE_OPS_ENV}=1 uses candle's)",
+                    path.name()
+                )
+            });
+            static LOGGED_BF16: std::sync::Once = std::sync::Once::new();
+            if bf16 {
+                LOGGED_BF16.call_once(|| {
+                    tracing::info!(
+                        "bf16 math: {} (measured on this CPU; {}=dot|widen overrides)",
+                        Bf16Math::detect().name(),
+                        wattserve_kernels::dense::BF16_MATH_ENV
+                    )
+                });
+            }
+            return Ok(Linear::Packed {
+                weights: Arc::new(weights),
+                path,
+            });
+        }
         match precision.dense_dtype() {
             Some(dtype) => {
                 let weight = weight.to_dtype(dtype)?;
@@ -130,36 +176,113 @@ impl Linear {
                 t(l.weight()) + l.bias().map_or(0, t)
             }
             Linear::Int8 { weights, bias, .. } => weights.bytes() + 4 * bias.len(),
+            Linear::Packed { weights, .. } => weights.bytes(),
             #[cfg(feature = "cuda")]
             Linear::Int8Cuda(layer) => layer.bytes(),
         }
     }
 
+    /// Whether [`forward_with`](Self::forward_with) applies an epilogue inside the GEMM (else
+    /// the caller applies the activation itself).
+    pub fn fuses_epilogue(&self) -> bool {
+        matches!(self, Linear::Packed { .. })
+    }
+
     /// Applies the layer to `x` of shape `(.., in_dim)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor, EngineError> {
+        self.forward_with(x, Epilogue::None)
+    }
+
+    /// Applies the layer and, for layers that [fuse](Self::fuses_epilogue) it, `epilogue`;
+    /// other layers ignore `epilogue`.
+    pub fn forward_with(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor, EngineError> {
         match self {
             Linear::Dense(l) => Ok(l.forward(x)?),
+            Linear::Packed { weights, path } => {
+                let (m, dims) = rows_of(x, weights.k, weights.n)?;
+                let y = with_f32_slice(x, |data| {
+                    linear_dense(data, m, weights, epilogue, *path, default_threads())
+                })?;
+                Ok(Tensor::from_vec(y, dims, x.device())?)
+            }
             Linear::Int8 { weights, bias, isa } => {
-                let mut dims = x.dims().to_vec();
-                let k = dims.last().copied().unwrap_or(0);
-                if k != weights.k {
-                    return Err(EngineError::Unsupported(format!(
-                        "int8 linear expects {} inputs, got {k}",
-                        weights.k
-                    )));
-                }
-                let m = x.elem_count() / k.max(1);
-                let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                let y = linear_i8(&data, m, weights, Some(bias), *isa, default_threads());
-                if let Some(last) = dims.last_mut() {
-                    *last = weights.n;
-                }
+                let (m, dims) = rows_of(x, weights.k, weights.n)?;
+                let y = with_f32_slice(x, |data| {
+                    linear_i8(data, m, weights, Some(bias), *isa, default_threads())
+                })?;
                 Ok(Tensor::from_vec(y, dims, x.device())?)
             }
             #[cfg(feature = "cuda")]
             Linear::Int8Cuda(layer) => Ok(layer.forward(x)?),
         }
     }
+}
+
+/// Environment variable (`1`) that sends the encoder's f32 and bf16 projections and its packed
+/// attention through candle's tensor ops instead of our kernels, for comparisons. Read when a
+/// model loads.
+pub const CANDLE_OPS_ENV: &str = "WATTSERVE_CANDLE_OPS";
+
+/// Whether [`CANDLE_OPS_ENV`] asks for candle's ops.
+pub fn candle_ops_forced() -> bool {
+    std::env::var(CANDLE_OPS_ENV).as_deref() == Ok("1")
+}
+
+/// The packed GEMM a layer at `precision` on `device` runs on, with whether its weights are
+/// bf16; `None` where candle's matmul (or the int8 kernels) serve instead: GPUs, f16, CPUs
+/// without AVX-512, or [`CANDLE_OPS_ENV`] set.
+pub fn packed_kernel(precision: Precision, device: &Device) -> Option<(DensePath, bool)> {
+    if !device.is_cpu() || candle_ops_forced() {
+        return None;
+    }
+    let (path, bf16) = match precision {
+        Precision::F32 => (DensePath::detect_f32(), false),
+        // Both bf16 maths need AVX-512F; the dot product also BF16, which `Bf16Math::detect`
+        // checks before choosing it.
+        Precision::Bf16 => (DensePath::detect_f32(), true),
+        _ => return None,
+    };
+    (path != DensePath::Scalar).then_some((path, bf16))
+}
+
+/// The dtype activations flow in between layers at `precision` on `device`: f32 wherever our
+/// kernels compute (they take and give f32), else the weights' dtype.
+pub fn activation_dtype(precision: Precision, device: &Device) -> DType {
+    if packed_kernel(precision, device).is_some() {
+        return DType::F32;
+    }
+    precision.dense_dtype().unwrap_or(DType::F32)
+}
+
+/// The number of rows of `x` `(.., k)` and the output dims `(.., n)`, or an error if the last
+/// dimension is not `k`.
+fn rows_of(x: &Tensor, k: usize, n: usize) -> Result<(usize, Vec<usize>), EngineError> {
+    let mut dims = x.dims().to_vec();
+    let got = dims.last().copied().unwrap_or(0);
+    if got != k {
+        return Err(EngineError::Unsupported(format!(
+            "linear layer expects {k} inputs, got {got}"
+        )));
+    }
+    if let Some(last) = dims.last_mut() {
+        *last = n;
+    }
+    Ok((x.elem_count() / k.max(1), dims))
+}
+
+/// Runs `f` on `x`'s values as one contiguous f32 slice: borrowed from the tensor's storage
+/// when it already is one (no copy), else converted.
+pub(super) fn with_f32_slice<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T, EngineError> {
+    if x.dtype() == DType::F32 && x.is_contiguous() {
+        let (storage, layout) = x.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            let all = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            return Ok(f(&all[start..start + x.elem_count()]));
+        }
+    }
+    let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(f(&data))
 }
 
 #[cfg(test)]
