@@ -126,124 +126,235 @@ unsafe fn attend_one<const WIDE: bool>(
             kt[c * lp + j] = v;
         }
     }
-    let mut scores = vec![0f32; lp];
-    for i in 0..len {
-        let q = &qkv[(start + i) * stride + qo..][..d];
-        query_scores::<WIDE>(q, &kt, lp, &mut scores);
-        let real = &mut scores[..len];
-        let max = lanes_fold(real, f32::NEG_INFINITY, f32::max);
-        for s in real.iter_mut() {
-            *s = fast_exp((*s - max) * scale);
+    // Queries go QUERIES at a time: their score and context chains are independent, so they
+    // overlap in the core instead of each waiting on its own previous add.
+    let mut scores = vec![0f32; QUERIES * lp];
+    let mut inv = [0f32; QUERIES];
+    let mut i = 0;
+    while i < len {
+        let g = (len - i).min(QUERIES);
+        let qs: [&[f32]; QUERIES] =
+            std::array::from_fn(|r| &qkv[(start + i + r.min(g - 1)) * stride + qo..][..d]);
+        query_scores::<WIDE>(&qs[..g], &kt, lp, &mut scores);
+        for (r, row) in scores.chunks_exact_mut(lp).take(g).enumerate() {
+            let real = &mut row[..len];
+            let max = lanes_fold(real, f32::NEG_INFINITY, f32::max);
+            exp_scaled::<WIDE>(real, max, scale);
+            inv[r] = 1.0 / lanes_fold(real, 0.0, |a, b| a + b);
         }
-        let inv = 1.0 / lanes_fold(real, 0.0, |a, b| a + b);
-        let dst = out.0.add((start + i) * h + head * d);
         // The context in blocks of LANES head dimensions, each accumulated in registers over
         // the keys; a last partial block lane by lane.
         let mut c0 = 0;
         while c0 < d {
             let width = LANES.min(d - c0);
-            let mut acc = [0f32; LANES];
+            let mut acc = [[0f32; LANES]; QUERIES];
             if width == LANES {
-                context_block::<WIDE>(real, &qkv[start * stride + vo + c0..], stride, &mut acc);
+                let v = &qkv[start * stride + vo + c0..];
+                context_block::<WIDE>(&scores, lp, len, g, v, stride, &mut acc);
             } else {
-                for (j, &p) in real.iter().enumerate() {
-                    let v = &qkv[(start + j) * stride + vo + c0..][..width];
-                    for (a, &vv) in acc.iter_mut().zip(v) {
-                        *a += p * vv;
+                for (r, acc) in acc.iter_mut().enumerate().take(g) {
+                    for (j, &p) in scores[r * lp..][..len].iter().enumerate() {
+                        let v = &qkv[(start + j) * stride + vo + c0..][..width];
+                        for (a, &vv) in acc.iter_mut().zip(v) {
+                            *a += p * vv;
+                        }
                     }
                 }
             }
-            for (c, &a) in acc[..width].iter().enumerate() {
-                *dst.add(c0 + c) = a * inv;
+            for (r, acc) in acc.iter().enumerate().take(g) {
+                let dst = out.0.add((start + i + r) * h + head * d);
+                for (c, &a) in acc[..width].iter().enumerate() {
+                    *dst.add(c0 + c) = a * inv[r];
+                }
             }
             c0 += width;
         }
+        i += g;
     }
 }
+
+/// `s ← e^((s − max) · scale)` for every score, with [`fast_exp`].
+#[inline(always)]
+unsafe fn exp_scaled<const WIDE: bool>(scores: &mut [f32], max: f32, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if WIDE {
+        // SAFETY: as in `query_scores`.
+        return x86::exp_scaled(scores, max, scale);
+    }
+    for s in scores.iter_mut() {
+        *s = fast_exp((*s - max) * scale);
+    }
+}
+
+/// Queries of one (sequence, head) computed together.
+const QUERIES: usize = 4;
 
 /// Scores and context values computed together (one AVX-512 register of f32).
 const LANES: usize = 16;
 
-/// `scores[j] = Σ_c q[c] · kt[c][j]` (c in order, multiply then add) for all `lp` keys, in
-/// blocks of [`LANES`] keys, four blocks at a time so that four accumulator chains overlap.
-/// `WIDE`: AVX-512 registers, only where inlined into [`attend_one_avx512`].
+/// For each query `r` of `qs`: `scores[r·lp + j] = Σ_c q_r[c] · kt[c][j]` (c in order,
+/// multiply then add) for all `lp` keys, in blocks of [`LANES`] keys. `WIDE`: AVX-512 registers,
+/// only where inlined into [`attend_one_avx512`].
 #[inline(always)]
-unsafe fn query_scores<const WIDE: bool>(q: &[f32], kt: &[f32], lp: usize, scores: &mut [f32]) {
+unsafe fn query_scores<const WIDE: bool>(qs: &[&[f32]], kt: &[f32], lp: usize, scores: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if WIDE {
         // SAFETY: WIDE code runs inlined into `attend_one_avx512`, so with AVX-512F; `kt`
-        // holds `q.len()` rows of `lp`, `scores` holds `lp`.
-        return x86::query_scores(q, kt, lp, scores);
+        // holds `q.len()` rows of `lp`, `scores` holds `qs.len()` rows of `lp`.
+        return x86::query_scores(qs, kt, lp, scores);
     }
-    for (jb, block) in scores.chunks_exact_mut(LANES).enumerate() {
-        let mut acc = [0f32; LANES];
-        for (c, &qc) in q.iter().enumerate() {
-            let keys = &kt[c * lp + jb * LANES..][..LANES];
-            for (a, &k) in acc.iter_mut().zip(keys) {
-                *a += qc * k;
+    for (q, row) in qs.iter().zip(scores.chunks_exact_mut(lp)) {
+        for (jb, block) in row.chunks_exact_mut(LANES).enumerate() {
+            let mut acc = [0f32; LANES];
+            for (c, &qc) in q.iter().enumerate() {
+                let keys = &kt[c * lp + jb * LANES..][..LANES];
+                for (a, &k) in acc.iter_mut().zip(keys) {
+                    *a += qc * k;
+                }
             }
+            block.copy_from_slice(&acc);
         }
-        block.copy_from_slice(&acc);
     }
 }
 
-/// `acc[c] = Σ_j p[j] · v_j[c]` (j in order, multiply then add) for one block of [`LANES`] head
-/// dimensions; `v` starts at the block in key 0's row, rows `stride` apart.
+/// For each of the first `g` rows `p_r` of `scores` (rows `lp` apart, `len` keys):
+/// `acc[r][c] = Σ_j p_r[j] · v_j[c]` (j in order, multiply then add) for one block of [`LANES`]
+/// head dimensions; `v` starts at the block in key 0's row, rows `stride` apart.
 #[inline(always)]
 unsafe fn context_block<const WIDE: bool>(
-    p: &[f32],
+    scores: &[f32],
+    lp: usize,
+    len: usize,
+    g: usize,
     v: &[f32],
     stride: usize,
-    acc: &mut [f32; LANES],
+    acc: &mut [[f32; LANES]; QUERIES],
 ) {
     #[cfg(target_arch = "x86_64")]
     if WIDE {
-        // SAFETY: as in `query_scores`; `v` holds `p.len()` rows of `stride` from its start.
-        return x86::context_block(p, v, stride, acc);
+        // SAFETY: as in `query_scores`; `v` holds `len` rows of `stride` from its start.
+        return x86::context_block(scores, lp, len, g, v, stride, acc);
     }
-    for (j, &pj) in p.iter().enumerate() {
-        for (a, &vv) in acc.iter_mut().zip(&v[j * stride..][..LANES]) {
-            *a += pj * vv;
+    for (r, acc) in acc.iter_mut().enumerate().take(g) {
+        for (j, &pj) in scores[r * lp..][..len].iter().enumerate() {
+            for (a, &vv) in acc.iter_mut().zip(&v[j * stride..][..LANES]) {
+                *a += pj * vv;
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::LANES;
+    use super::{LANES, QUERIES};
     use std::arch::x86_64::*;
 
-    /// [`super::query_scores`] with AVX-512 registers (same operations, same order per lane).
+    /// [`super::query_scores`] with AVX-512 registers (same operations, same order per lane):
+    /// two key blocks of every query at once, up to eight independent chains.
     #[inline(always)]
-    pub unsafe fn query_scores(q: &[f32], kt: &[f32], lp: usize, scores: &mut [f32]) {
+    pub unsafe fn query_scores(qs: &[&[f32]], kt: &[f32], lp: usize, scores: &mut [f32]) {
+        let g = qs.len().min(QUERIES);
         let blocks = lp / LANES;
         let mut jb = 0;
         while jb < blocks {
-            let group = (blocks - jb).min(4);
-            let mut acc = [_mm512_setzero_ps(); 4];
-            for (c, &qc) in q.iter().enumerate() {
-                let qv = _mm512_set1_ps(qc);
+            let pair = (blocks - jb).min(2);
+            let mut acc = [[_mm512_setzero_ps(); 2]; QUERIES];
+            for c in 0..qs[0].len() {
                 let row = kt.as_ptr().add(c * lp + jb * LANES);
-                for (g, a) in acc.iter_mut().enumerate().take(group) {
-                    *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, _mm512_loadu_ps(row.add(g * LANES))));
+                let k0 = _mm512_loadu_ps(row);
+                let k1 = if pair == 2 {
+                    _mm512_loadu_ps(row.add(LANES))
+                } else {
+                    k0
+                };
+                for (q, a) in qs.iter().zip(acc.iter_mut()).take(g) {
+                    let qv = _mm512_set1_ps(*q.get_unchecked(c));
+                    a[0] = _mm512_add_ps(a[0], _mm512_mul_ps(qv, k0));
+                    a[1] = _mm512_add_ps(a[1], _mm512_mul_ps(qv, k1));
                 }
             }
-            for (g, a) in acc.iter().enumerate().take(group) {
-                _mm512_storeu_ps(scores.as_mut_ptr().add((jb + g) * LANES), *a);
+            for (r, a) in acc.iter().enumerate().take(g) {
+                let dst = scores.as_mut_ptr().add(r * lp + jb * LANES);
+                _mm512_storeu_ps(dst, a[0]);
+                if pair == 2 {
+                    _mm512_storeu_ps(dst.add(LANES), a[1]);
+                }
             }
-            jb += group;
+            jb += pair;
         }
+    }
+
+    /// [`super::exp_scaled`] 16 scores at a time: [`super::fast_exp`]'s operations, in its order,
+    /// on vectors (same results bit for bit).
+    #[inline(always)]
+    pub unsafe fn exp_scaled(scores: &mut [f32], max: f32, scale: f32) {
+        let (maxv, scalev) = (_mm512_set1_ps(max), _mm512_set1_ps(scale));
+        let mut j = 0;
+        while j < scores.len() {
+            let n = (scores.len() - j).min(LANES);
+            let mask: __mmask16 = if n == LANES { !0 } else { (1u16 << n) - 1 };
+            let p = scores.as_mut_ptr().add(j);
+            let x = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask, p), maxv), scalev);
+            _mm512_mask_storeu_ps(p, mask, exp16(x));
+            j += n;
+        }
+    }
+
+    /// [`super::fast_exp`] on 16 lanes.
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        use super::exp_constants as k;
+        let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.0));
+        let x = _mm512_min_ps(
+            _mm512_max_ps(x, _mm512_set1_ps(-87.0)),
+            _mm512_set1_ps(88.0),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm512_mul_ps(x, _mm512_set1_ps(k::LOG2E)),
+        );
+        let r = _mm512_sub_ps(
+            _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(k::LN2_HI))),
+            _mm512_mul_ps(n, _mm512_set1_ps(k::LN2_LO)),
+        );
+        let mut p = _mm512_set1_ps(k::P[0]);
+        for &c in &k::P[1..] {
+            p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(c));
+        }
+        let e = _mm512_add_ps(
+            _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(p, r), r), r),
+            _mm512_set1_ps(1.0),
+        );
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvtps_epi32(n),
+            _mm512_set1_epi32(127),
+        ));
+        let y = _mm512_mul_ps(e, _mm512_castsi512_ps(bits));
+        _mm512_mask_mov_ps(y, underflow, _mm512_setzero_ps())
     }
 
     /// [`super::context_block`] with AVX-512 registers (same operations, same order per lane).
     #[inline(always)]
-    pub unsafe fn context_block(p: &[f32], v: &[f32], stride: usize, acc: &mut [f32; LANES]) {
-        let mut a = _mm512_setzero_ps();
-        for (j, &pj) in p.iter().enumerate() {
+    pub unsafe fn context_block(
+        scores: &[f32],
+        lp: usize,
+        len: usize,
+        g: usize,
+        v: &[f32],
+        stride: usize,
+        acc: &mut [[f32; LANES]; QUERIES],
+    ) {
+        let g = g.min(QUERIES);
+        let mut a = [_mm512_setzero_ps(); QUERIES];
+        for j in 0..len {
             let vv = _mm512_loadu_ps(v.as_ptr().add(j * stride));
-            a = _mm512_add_ps(a, _mm512_mul_ps(_mm512_set1_ps(pj), vv));
+            for (r, a) in a.iter_mut().enumerate().take(g) {
+                let p = _mm512_set1_ps(*scores.get_unchecked(r * lp + j));
+                *a = _mm512_add_ps(*a, _mm512_mul_ps(p, vv));
+            }
         }
-        _mm512_storeu_ps(acc.as_mut_ptr(), a);
+        for (r, a) in a.iter().enumerate().take(g) {
+            _mm512_storeu_ps(acc[r].as_mut_ptr(), *a);
+        }
     }
 }
 
@@ -269,19 +380,15 @@ fn lanes_fold(v: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
 /// Relative error below 2e-7 on [-87, 88] (tested against libm); below -87 it returns 0.
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
+    use exp_constants::*;
     let underflow = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     let n = (x * LOG2E).round_ties_even();
     let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5e-1;
+    let mut p = P[0];
+    for &c in &P[1..] {
+        p = p * r + c;
+    }
     let e = p * r * r + r + 1.0;
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
     let y = e * scale;
@@ -290,6 +397,23 @@ pub fn fast_exp(x: f32) -> f32 {
     } else {
         y
     }
+}
+
+/// [`fast_exp`]'s constants, shared with its AVX-512 form.
+mod exp_constants {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// ln 2 in two parts, so that `n · ln 2` is subtracted without losing `r`'s low bits.
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    /// Cephes' `expf` polynomial for `(e^r − 1 − r) / r²`, highest degree first.
+    pub const P: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        5e-1,
+    ];
 }
 
 /// The definition [`attend_packed`] is tested against: the same attention in f64 with libm's
@@ -351,6 +475,30 @@ mod tests {
         assert!(worst < 2e-7, "max relative error {worst}");
         assert_eq!(fast_exp(-100.0), 0.0);
         assert_eq!(fast_exp(0.0), 1.0);
+    }
+
+    /// The AVX-512 exponential compiled as the kernel compiles it.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn exp_avx512(v: &mut [f32]) {
+        x86::exp_scaled(v, 0.0, 1.0)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_vector_exponential_equals_the_scalar_one() {
+        if !cpu::features().avx512() {
+            return;
+        }
+        // Every 1/1000 from below the underflow to above the clamp, in an odd-length slice so
+        // that the masked tail is covered too.
+        let xs: Vec<f32> = (-90_000..=90_001).map(|i| i as f32 / 1000.0).collect();
+        let mut got = xs.clone();
+        // SAFETY: the CPU has AVX-512 (checked above).
+        unsafe { exp_avx512(&mut got) };
+        for (x, g) in xs.iter().zip(&got) {
+            assert_eq!(g.to_bits(), fast_exp(*x).to_bits(), "e^{x}");
+        }
     }
 
     fn check(spans: &[(usize, usize)], heads: usize, d: usize, spread: f32, seed: u32) {

@@ -161,8 +161,9 @@ fn quantize_activations(
 }
 
 /// `y (M × N) = x (M × K) · Wᵀ + bias` with int8 arithmetic on `isa` (which must be available).
-/// Rows are split into `threads` parts run on rayon's pool (1 = the calling thread only); each
-/// part quantizes its rows, computes their dot products and rescales them.
+/// Rows are split into parts (up to four per thread) run on rayon's pool (`threads` 1 = the
+/// calling thread only); each part quantizes its rows, computes their dot products and rescales
+/// them.
 pub fn linear_i8(
     x: &[f32],
     m: usize,
@@ -181,7 +182,15 @@ pub fn linear_i8(
         return y;
     }
     let tiles = m.div_ceil(TILE_M);
-    let parts = threads.clamp(1, tiles);
+    // Up to four parts per thread, so that a thread that finishes early (or a core another
+    // process takes for a while) leaves its remaining parts to the others instead of stalling
+    // the step; but parts of at least PART_ROWS rows, which keep the weight loads hidden, and
+    // at least one part per thread.
+    const PART_ROWS: usize = 24;
+    let parts = (4 * threads)
+        .min(m.div_ceil(PART_ROWS))
+        .max(threads)
+        .clamp(1, tiles);
     let rows_per_part = tiles.div_ceil(parts) * TILE_M;
     let run = |part: usize, ychunk: &mut [f32]| {
         let r0 = part * rows_per_part;
