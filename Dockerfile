@@ -34,7 +34,7 @@ COPY src/api/grpc/grpc_predict_v2.proto src/api/grpc/
 RUN mkdir -p src kernels/src benches \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs kernels/src/lib.rs \
- && for b in int8_gemm q8_0_matmul decode_step; do echo 'fn main() {}' > "benches/$b.rs"; done \
+ && for b in encoder_gemm q8_0_matmul decode_step; do echo 'fn main() {}' > "benches/$b.rs"; done \
  && cargo build --release --locked \
  && rm -rf src/main.rs src/lib.rs kernels/src benches
 

@@ -1,14 +1,22 @@
-//! The one pool of CPU compute threads the decoder uses: candle's barrier pool, the threads its
-//! own CPU ops (quantized matmuls, element-wise ops) run on. Our matmuls, attention and fused
-//! activations go there too, so that no second pool competes for the cores while the first
-//! one's workers spin.
+//! The decoder's parallel parts (int8 matmuls, attention, fused activations) run on one pool of
+//! CPU threads, [`Pool`], built for the many short parts of a decode step; see
+//! [`super::step_pool`] for why not rayon's or candle's.
+//!
+//! candle's own CPU ops (its quantized matmuls for `gguf` and `f32` weights) still run on
+//! candle's pool.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
-/// Runs `f(i)` for every `i < n` on candle's CPU threads (the calling thread takes part). Its
+use wattserve_kernels::default_threads;
+
+use super::step_pool::Pool;
+
+/// Runs `f(i)` for every `i < n` on the decoder's step pool (the calling thread takes part). Its
 /// signature is `wattserve_kernels::q8_tiles::ParallelFor`'s.
 pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
-    candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(f));
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool::new(default_threads().saturating_sub(1)))
+        .run(n, f);
 }
 
 /// Splits `out` into consecutive chunks of `lens` (the last ones shorter or empty if `out` runs

@@ -5,5 +5,6 @@
 pub mod cpu_pool;
 pub mod llama;
 pub mod model;
+pub mod step_pool;
 
 pub use model::{GenerationLoadOptions, GenerationModel};

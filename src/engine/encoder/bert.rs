@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
 use serde::Deserialize;
 
+use super::elementwise::add;
 use super::linear::{activation_dtype, candle_ops_forced, with_f32_slice, Linear};
 use crate::engine::{EngineError, Precision};
 use wattserve_kernels::attention::attend_packed;
@@ -124,7 +125,7 @@ impl SelfAttention {
             if self.attention_kernel && qkv.dtype() == DType::F32 && qkv.device().is_cpu() {
                 let context = self.attend_packed_f32(&qkv, spans)?;
                 let projected = self.output.forward(&context)?;
-                return Ok(self.output_norm.forward(&(projected + x)?)?);
+                return Ok(self.output_norm.forward(&add(&projected, x, None)?)?);
             }
         }
         // three (.., H)
@@ -138,7 +139,7 @@ impl SelfAttention {
             Layout::Packed { spans } => self.attend_packed(&q, &k, &v, spans)?,
         };
         let projected = self.output.forward(&context)?;
-        Ok(self.output_norm.forward(&(projected + x)?)?)
+        Ok(self.output_norm.forward(&add(&projected, x, None)?)?)
     }
 
     /// `q`, `k`, `v`: (B, T, H); `mask`: (B, 1, 1, T) additive f32. Returns (B, T, H).
@@ -281,7 +282,7 @@ impl FeedForward {
             act => act.apply(&self.up.forward(x)?)?,
         };
         let down = self.down.forward(&up)?;
-        Ok(self.norm.forward(&(down + x)?)?)
+        Ok(self.norm.forward(&add(&down, x, None)?)?)
     }
 }
 
@@ -424,11 +425,11 @@ impl BertEncoder {
         let ids = Tensor::from_vec(ids, n, &self.device)?;
         let positions = Tensor::from_vec(positions, n, &self.device)?;
         // (N, H)
-        let x = self
-            .word
-            .forward(&ids)?
-            .add(&self.position.index_select(&positions, 0)?)?
-            .broadcast_add(&self.token_type0)?;
+        let x = add(
+            &self.word.forward(&ids)?,
+            &self.position.index_select(&positions, 0)?,
+            Some(&self.token_type0),
+        )?;
         let hidden = self.encode(x, &Layout::Packed { spans: &spans })?;
         Ok((hidden, spans))
     }

@@ -9,9 +9,8 @@
 //! difference in attention flips some of those roundings and grows into visibly different
 //! logits, far beyond the f32 rounding noise. Tested against candle's own ops below.
 //!
-//! Sequences run in parallel on candle's barrier pool, the same threads as the quantized
-//! matmuls, so the two never compete for the cores (rayon's pool would, while the barrier
-//! pool's workers spin).
+//! Sequences run in parallel on the decoder's step pool ([`cpu_pool`]), the same threads as the
+//! int8 matmuls.
 
 use candle_core::cpu::kernels::VecOps;
 

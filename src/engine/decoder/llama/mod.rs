@@ -309,7 +309,7 @@ impl Llama {
 }
 
 /// `silu(gate) · up` for rows of `[gate | up]` (each `ffn` wide), as candle's `silu` and `mul`
-/// compute it (`g / (1 + exp(-g)) · u`), rows in parallel on candle's pool.
+/// compute it (`g / (1 + exp(-g)) · u`), rows in parallel on the decoder's step pool.
 fn silu_times_up(gate_up: &[f32], ffn: usize) -> Vec<f32> {
     let rows = gate_up.len() / (2 * ffn).max(1);
     let mut out = vec![0f32; rows * ffn];

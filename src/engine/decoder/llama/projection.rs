@@ -30,7 +30,7 @@ pub(super) enum Projection {
     Q8(Q8_0Weights),
     /// int8 in blocks of 64 through `wattserve-kernels`' tile kernels (any K that is a multiple
     /// of 64; 16-column weight tiles shared by up to 16 rows on AMX, 8 on AVX-512 VNNI), on
-    /// candle's CPU threads.
+    /// the decoder's step pool.
     Tiles(Q8Tiles),
 }
 
