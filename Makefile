@@ -3,7 +3,7 @@ CARGO ?= cargo
 ARGS ?=
 
 .PHONY: serve test models openai-client v2-clients focus-validator build release fmt clean check-cuda soak \
-	check-prometheus e2e-prometheus check-k8s check-docker browser bench-peers
+	check-prometheus e2e-prometheus check-k8s check-docker browser bench-peers eval
 
 ## Fetch the default models if missing, build release, serve on :8080 (pass more flags with ARGS=...).
 serve: models
@@ -133,3 +133,14 @@ check-docker:
 	@promtool="$$(./tests/deploy/tool.sh promtool)" && \
 	  target/deploy-venv/bin/python tests/deploy/check_docker.py \
 	    --hadolint target/deploy-venv/bin/hadolint --promtool "$$promtool"
+
+## lm-evaluation-harness against wattserve (not in CI; about 5 minutes): installs lm-eval[api] into
+## target/eval-venv, builds release, then serves SmolLM2 at each precision in turn and runs the
+## repository's multiple-choice task (benches/eval) through lm-eval's local-completions backend;
+## prints accuracy per precision (also target/eval/eval.md). EVAL_ARGS to change, e.g.
+## EVAL_ARGS="--precisions int8 --limit 8".
+EVAL_ARGS ?=
+eval: models release
+	./tests/clients/setup.sh benches/eval/requirements.txt target/eval-venv
+	python3 benches/eval/run_eval.py --binary target/release/wattserve \
+	  --lm-eval target/eval-venv/bin/lm_eval $(EVAL_ARGS)

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use wattserve::engine::decoder::llama::KvCache;
 use wattserve::engine::{DeviceSpec, Precision};
-use wattserve::engine::{GenerationLoadOptions, GenerationModel, SeqInput};
+use wattserve::engine::{GenerationLoadOptions, GenerationModel, Logits, SeqInput};
 
 fn gguf() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -53,7 +53,7 @@ fn decode(c: &mut Criterion) {
                 .map(|(p, cache)| SeqInput {
                     tokens: p,
                     cache,
-                    logits: true,
+                    logits: Logits::Last,
                 })
                 .collect();
             model.forward(&mut inputs).expect("prefill");
@@ -67,7 +67,7 @@ fn decode(c: &mut Criterion) {
                     .map(|cache| SeqInput {
                         tokens: &token,
                         cache,
-                        logits: true,
+                        logits: Logits::Last,
                     })
                     .collect();
                 let logits = black_box(model.forward(&mut inputs).expect("decode step"));

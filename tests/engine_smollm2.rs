@@ -11,7 +11,7 @@ use candle_core::{Device, Tensor};
 use wattserve::engine::decoder::model::argmax;
 use wattserve::engine::gguf::ChatMessage;
 use wattserve::engine::{DeviceSpec, Precision};
-use wattserve::engine::{GenerationLoadOptions, GenerationModel, SeqInput};
+use wattserve::engine::{GenerationLoadOptions, GenerationModel, Logits, SeqInput};
 
 fn gguf_path() -> PathBuf {
     common::models_dir().join("smollm2/weights/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -292,7 +292,11 @@ fn batched_decode_equals_decoding_alone() {
             inputs.push(SeqInput {
                 tokens: &pending[s],
                 cache: caches_iter[s].take().unwrap(),
-                logits: prefilled[s] == prompts[s].len(),
+                logits: if prefilled[s] == prompts[s].len() {
+                    Logits::Last
+                } else {
+                    Logits::None
+                },
             });
         }
         let logits = model.forward(&mut inputs).unwrap();
@@ -377,7 +381,7 @@ fn q4_1_logits_are_bit_identical_to_candle_quantized_llama() {
             .forward(&mut [SeqInput {
                 tokens: &next,
                 cache: &mut cache,
-                logits: true,
+                logits: Logits::Last,
             }])
             .unwrap()
             .squeeze(0)

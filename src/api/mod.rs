@@ -16,6 +16,7 @@ pub mod meta;
 pub mod openai;
 pub mod request_id;
 pub mod stats;
+pub mod tokenizer;
 pub mod usage;
 pub mod usage_export;
 pub mod usage_query;
@@ -197,6 +198,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(openai::completions::chat))
         .route("/v1/completions", post(openai::completions::completions))
         .route("/v1/models", get(meta::list_models))
+        .route("/tokenize", post(tokenizer::tokenize))
+        .route("/detokenize", post(tokenizer::detokenize))
+        .route("/tokenizer_info", get(tokenizer::info))
         .route("/v1/models/{*id}", get(meta::get_model))
         .route("/health", get(meta::health))
         .route("/ready", get(meta::ready))

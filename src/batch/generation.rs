@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{failed_owners, metered_step, Admission, SchedulerError, Worker};
+use crate::engine::logprobs::{self, TokenLogprob};
 use crate::engine::sampling::{Sampler, SamplingParams};
 use crate::engine::text_stream::TextStream;
-use crate::engine::{Decoder, SeqInput};
+use crate::engine::{Decoder, Logits, SeqInput};
 use crate::meter::{EnergyShare, Meter};
 use crate::metrics as m;
 
@@ -47,8 +48,10 @@ pub struct GenerationLimits {
 pub struct GenerationJob {
     /// Prompt token ids (already checked against the context length).
     pub prompt: Vec<u32>,
-    /// Most tokens to generate.
+    /// Most tokens to generate; 0 only scores the prompt (with [`LogprobRequest::prompt`]).
     pub max_new_tokens: usize,
+    /// Log-probabilities to report, if any.
+    pub logprobs: Option<LogprobRequest>,
     /// How to choose tokens.
     pub sampling: SamplingParams,
     /// Strings that end the completion (not included in it).
@@ -62,6 +65,16 @@ pub struct GenerationJob {
     /// the closed receiver, with reason [`FinishReason::Cancelled`], or with the real ending when
     /// the caller left just before it.
     pub abandoned: Option<tokio::sync::oneshot::Sender<Finished>>,
+}
+
+/// Which log-probabilities a sequence reports (see [`crate::engine::logprobs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogprobRequest {
+    /// Alternatives per token besides the chosen one (at most [`logprobs::MAX_TOP`]).
+    pub top: usize,
+    /// Also score the prompt: every prompt token after the first gets its log-probability given
+    /// the tokens before it ([`GenEvent::PromptLogprobs`]).
+    pub prompt: bool,
 }
 
 /// Why a sequence ended.
@@ -108,9 +121,18 @@ pub struct Finished {
     pub energy: Vec<EnergyShare>,
 }
 
-/// What a caller receives, in order: text pieces, then `Finished` or `Failed`.
+/// What a caller receives, in order: the prompt's log-probabilities (when asked for), text
+/// pieces each preceded by the log-probabilities of its tokens (when asked for), then
+/// `Finished` or `Failed`.
 #[derive(Debug)]
 pub enum GenEvent {
+    /// The log-probabilities of prompt tokens 1.. (token 0 has no context), once the prompt is
+    /// in; only with [`LogprobRequest::prompt`].
+    PromptLogprobs(Vec<TokenLogprob>),
+    /// The log-probabilities of the generated tokens whose text the next [`GenEvent::Text`]
+    /// completes (or, before `Finished`, of tokens whose text was held back and dropped); a
+    /// final stop token has none, as it has no text.
+    Logprobs(Vec<TokenLogprob>),
     /// New text: what became final since the last piece (bytes of an incomplete character or
     /// of a possible stop string wait for the next token).
     Text(String),
@@ -202,6 +224,10 @@ struct Seq<C> {
     text: TextStream,
     /// Text produced but not yet sent (it may be the start of a stop string).
     held: String,
+    /// Log-probabilities of the generated tokens whose text is not sent yet.
+    pending: Vec<TokenLogprob>,
+    /// Log-probabilities of the prompt tokens scored so far (with [`LogprobRequest::prompt`]).
+    prompt_scores: Vec<TokenLogprob>,
     first_step: Option<Instant>,
     /// The loop's step count when this sequence last took part in a step (0: never).
     last_step: u64,
@@ -239,6 +265,8 @@ impl<C> Seq<C> {
             sampler,
             text: TextStream::default(),
             held: String::new(),
+            pending: Vec::new(),
+            prompt_scores: Vec::new(),
             first_step: None,
             last_step: 0,
             first_token: None,
@@ -250,6 +278,34 @@ impl<C> Seq<C> {
 
     fn prompt_done(&self) -> bool {
         self.prefilled == self.job.prompt.len()
+    }
+
+    fn scores_prompt(&self) -> bool {
+        self.job.logprobs.is_some_and(|l| l.prompt)
+    }
+
+    /// The logits this step needs for `range` of its tokens: every row of a prompt chunk it
+    /// scores, the last row where a token is sampled next, else none.
+    fn logits_wanted(&self, range: &std::ops::Range<usize>) -> Logits {
+        if self.prompt_done() {
+            Logits::Last
+        } else if self.scores_prompt() {
+            Logits::All
+        } else if range.end == self.job.prompt.len() && self.job.max_new_tokens > 0 {
+            Logits::Last
+        } else {
+            Logits::None
+        }
+    }
+
+    /// Sends the pending log-probabilities (before the text they belong to).
+    fn flush_logprobs(&mut self) {
+        if !self.pending.is_empty() {
+            let _ = self
+                .job
+                .events
+                .send(GenEvent::Logprobs(std::mem::take(&mut self.pending)));
+        }
     }
 }
 
@@ -434,7 +490,7 @@ impl<D: Decoder> StepLoop<D> {
                 let mut wants_logits = Vec::with_capacity(plan.len());
                 for (i, range) in &plan {
                     let s = &running[*i];
-                    wants_logits.push(s.prompt_done() || range.end == s.job.prompt.len());
+                    wants_logits.push(s.logits_wanted(range));
                     tokens.push(if s.prompt_done() {
                         s.next.into_iter().collect()
                     } else {
@@ -462,7 +518,11 @@ impl<D: Decoder> StepLoop<D> {
                     }
                 }
                 let rows = engine.step(&mut inputs)?;
-                let expected = wants_logits.iter().filter(|&&w| w).count();
+                let expected: usize = wants_logits
+                    .iter()
+                    .zip(&tokens)
+                    .map(|(w, t)| w.rows(t.len()))
+                    .sum();
                 let vocab = engine.vocab_size();
                 if rows.len() != expected || rows.iter().any(|r| r.len() != vocab) {
                     return Err(crate::engine::EngineError::Unsupported(format!(
@@ -497,7 +557,23 @@ impl<D: Decoder> StepLoop<D> {
             let sampled = if s.prompt_done() {
                 true
             } else {
+                if s.scores_prompt() {
+                    score_prompt(s, range, &mut rows);
+                }
                 s.prefilled = range.end;
+                if s.prompt_done() && s.scores_prompt() {
+                    let scores = std::mem::take(&mut s.prompt_scores);
+                    let _ = s.job.events.send(GenEvent::PromptLogprobs(scores));
+                }
+                if s.prompt_done() && s.job.max_new_tokens == 0 {
+                    // Scoring only: nothing to generate (the row after the prompt's last token,
+                    // returned with a scored chunk's rows, goes unused).
+                    if s.scores_prompt() {
+                        rows.next();
+                    }
+                    finished.push((*i, FinishReason::Length));
+                    continue;
+                }
                 s.prompt_done()
             };
             if !sampled {
@@ -511,7 +587,11 @@ impl<D: Decoder> StepLoop<D> {
             s.generated += 1;
             s.next = Some(token);
             s.first_token.get_or_insert_with(|| s.submitted.elapsed());
-            let reason = if !s.job.ignore_eos && engine.is_stop(token) {
+            let stops = !s.job.ignore_eos && engine.is_stop(token);
+            if let (Some(want), false) = (s.job.logprobs, stops) {
+                s.pending.push(logprobs::score(row, token, want.top));
+            }
+            let reason = if stops {
                 Some(FinishReason::Stop)
             } else {
                 match s.text.push(engine, token) {
@@ -550,6 +630,7 @@ impl<D: Decoder> StepLoop<D> {
             if let Ok(rest) = s.text.finish(&*self.engine) {
                 s.held.push_str(&rest);
             }
+            s.flush_logprobs();
             if !s.held.is_empty() {
                 let _ = s
                     .job
@@ -557,6 +638,7 @@ impl<D: Decoder> StepLoop<D> {
                     .send(GenEvent::Text(std::mem::take(&mut s.held)));
             }
         }
+        s.flush_logprobs();
         let ttft = s.first_token.unwrap_or_default();
         m::record_generation(&self.model, ttft, s.generated, s.submitted.elapsed());
         let done = s.finished(reason);
@@ -582,6 +664,7 @@ fn emit_text<C>(s: &mut Seq<C>) -> Option<FinishReason> {
     {
         let piece: String = s.held[..cut].to_string();
         s.held.clear();
+        s.flush_logprobs();
         if !piece.is_empty() {
             let _ = s.job.events.send(GenEvent::Text(piece));
         }
@@ -590,10 +673,30 @@ fn emit_text<C>(s: &mut Seq<C>) -> Option<FinishReason> {
     let keep = held_back(&s.held, &s.job.stop);
     let send_to = s.held.len() - keep;
     if send_to > 0 {
+        s.flush_logprobs();
         let piece: String = s.held.drain(..send_to).collect();
         let _ = s.job.events.send(GenEvent::Text(piece));
     }
     None
+}
+
+/// Scores the prompt tokens a chunk's logits predict: row `r` (after prompt token
+/// `range.start + r`) gives the log-probability of the token after it; the row after the
+/// prompt's last token is left in `rows` for sampling.
+fn score_prompt<'r, C>(
+    s: &mut Seq<C>,
+    range: &std::ops::Range<usize>,
+    rows: &mut impl Iterator<Item = &'r Vec<f32>>,
+) {
+    let top = s.job.logprobs.map_or(0, |l| l.top);
+    for pos in range.clone() {
+        let Some(&next) = s.job.prompt.get(pos + 1) else {
+            break;
+        };
+        if let Some(row) = rows.next() {
+            s.prompt_scores.push(logprobs::score(row, next, top));
+        }
+    }
 }
 
 /// Bytes at the end of `text` that are a proper prefix of some stop string (and so must wait
@@ -654,7 +757,7 @@ mod tests {
                 .iter()
                 .map(|i| {
                     let tag = i.cache.0.first().or(i.tokens.first()).copied();
-                    (tag.unwrap_or(0), i.tokens.len(), i.logits)
+                    (tag.unwrap_or(0), i.tokens.len(), i.logits != Logits::None)
                 })
                 .collect();
             let tags: Vec<u32> = entry.iter().map(|e| e.0).collect();
@@ -670,12 +773,27 @@ mod tests {
             }
             let mut rows = Vec::new();
             for input in inputs.iter_mut() {
+                let before = input.cache.0.len();
                 input.cache.0.extend_from_slice(input.tokens);
-                if input.logits {
+                if input.logits == Logits::All {
+                    // Every row but the last: one-hot at (the token + 1), so that a prompt of
+                    // consecutive ids is predicted exactly.
+                    for &t in &input.cache.0[before..input.cache.0.len() - 1] {
+                        let mut row = vec![0.0; WORDS.len()];
+                        row[(t as usize + 1) % WORDS.len()] = 1.0;
+                        rows.push(row);
+                    }
+                }
+                if input.logits != Logits::None {
                     let seq = &input.cache.0;
-                    let n = seq[1] as usize;
-                    let generated = seq.len() - 2 - n;
-                    let next = seq[2 + generated % n];
+                    let n = seq.get(1).map_or(0, |&n| n as usize);
+                    let next = if n > 0 && seq.len() >= 2 + n {
+                        let generated = seq.len() - 2 - n;
+                        seq[2 + generated % n]
+                    } else {
+                        // Inside a (scored) prompt: predict the next id.
+                        (seq[seq.len() - 1] + 1) % WORDS.len() as u32
+                    };
                     let mut row = vec![0.0; WORDS.len()];
                     row[next as usize] = 1.0;
                     rows.push(row);
@@ -710,6 +828,10 @@ mod tests {
                 .filter(|&&t| t != STOP)
                 .map(|&t| WORDS[t as usize])
                 .collect())
+        }
+
+        fn token_bytes(&self, token: u32) -> Vec<u8> {
+            WORDS[token as usize].as_bytes().to_vec()
         }
     }
 
@@ -757,6 +879,7 @@ mod tests {
             },
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
             events,
             abandoned: None,
         };
@@ -780,6 +903,7 @@ mod tests {
         loop {
             match rx.blocking_recv() {
                 Some(GenEvent::Text(t)) => text.push_str(&t),
+                Some(GenEvent::Logprobs(_) | GenEvent::PromptLogprobs(_)) => {}
                 Some(GenEvent::Finished(f)) => return (text, Ok(f)),
                 Some(GenEvent::Failed(e)) => return (text, Err(e)),
                 None => return (text, Err(SchedulerError::Stopped("closed".into()))),
@@ -1012,6 +1136,100 @@ mod tests {
         j.ignore_eos = true;
         s.submit(j).unwrap();
         assert_eq!(outcome(rx), ("aaa".to_string(), outcome_len(5, 4)));
+    }
+
+    /// All events of a sequence, in order, as (kind, tokens or text).
+    fn all_events(mut rx: UnboundedReceiver<GenEvent>) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        loop {
+            let (kind, what) = match rx.blocking_recv() {
+                Some(GenEvent::PromptLogprobs(l)) => ("prompt", format!("{:?}", tokens_of(&l))),
+                Some(GenEvent::Logprobs(l)) => ("logprobs", format!("{:?}", tokens_of(&l))),
+                Some(GenEvent::Text(t)) => ("text", t),
+                Some(GenEvent::Finished(f)) => ("finished", format!("{}", f.completion_tokens)),
+                Some(GenEvent::Failed(e)) => ("failed", e.to_string()),
+                None => return out,
+            };
+            out.push((kind, what));
+        }
+    }
+
+    fn tokens_of(l: &[TokenLogprob]) -> Vec<u32> {
+        l.iter().map(|t| t.token).collect()
+    }
+
+    #[test]
+    fn logprobs_follow_every_token_and_a_scored_prompt_is_chunked_correctly() {
+        // A 3-token step budget: the scored prompt (5 tokens) is split into chunks that share
+        // steps with another sequence's decoding tokens, so the rows must be matched right.
+        let s = start(FakeDecoder::default(), limits(4, 3, 16));
+        let other = submit(&s, prompt(4, &[4, 5]), 4);
+        let (mut j, rx) = job(prompt(3, &[0, 1, 4]), 3);
+        j.logprobs = Some(LogprobRequest {
+            top: 2,
+            prompt: true,
+        });
+        s.submit(j).unwrap();
+        let (mut scoring, score_rx) = job(vec![1, 2, 3, 4, 5, 6], 0);
+        scoring.logprobs = Some(LogprobRequest {
+            top: 1,
+            prompt: true,
+        });
+        s.submit(scoring).unwrap();
+        let events = all_events(rx);
+        assert_eq!(events[0], ("prompt", "[3, 0, 1, 4]".to_string()));
+        let texts: String = events
+            .iter()
+            .filter(|e| e.0 == "text")
+            .map(|e| e.1.as_str())
+            .collect();
+        assert_eq!(texts, "abx");
+        // Each text piece comes right after the logprobs of its tokens.
+        for (i, e) in events.iter().enumerate() {
+            if e.0 == "text" {
+                assert_eq!(events[i - 1].0, "logprobs", "{events:?}");
+            }
+        }
+        let logged: Vec<String> = events
+            .iter()
+            .filter(|e| e.0 == "logprobs")
+            .map(|e| e.1.clone())
+            .collect();
+        assert_eq!(logged, vec!["[0]", "[1]", "[4]"]);
+        assert_eq!(events.last().unwrap(), &("finished", "3".to_string()));
+        assert_eq!(outcome(other), ("xyxy".to_string(), outcome_len(4, 4)));
+        // Scoring only: the prompt's log-probabilities, no text, no completion tokens; the fake
+        // predicts token + 1, so every prompt token is the most likely one.
+        let events = all_events(score_rx);
+        assert_eq!(
+            events,
+            vec![
+                ("prompt", "[2, 3, 4, 5, 6]".to_string()),
+                ("finished", "0".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_token_logprob_is_the_log_softmax_of_its_row() {
+        let s = start(FakeDecoder::default(), limits(4, 64, 16));
+        let (mut j, mut rx) = job(vec![1, 2, 3, 4, 5, 6], 1);
+        j.logprobs = Some(LogprobRequest {
+            top: 3,
+            prompt: true,
+        });
+        s.submit(j).unwrap();
+        let Some(GenEvent::PromptLogprobs(scores)) = rx.blocking_recv() else {
+            panic!("the prompt's logprobs come first");
+        };
+        // A one-hot row of 8 logits: ln(e / (e + 7)) for the hot token, ln(1 / (e + 7)) else.
+        let e = std::f64::consts::E;
+        for t in &scores {
+            assert!((t.logprob as f64 - (e / (e + 7.0)).ln()).abs() < 1e-6);
+            assert_eq!(t.top[0], (t.token, t.logprob));
+            assert_eq!(t.top.len(), 3);
+            assert!((t.top[1].1 as f64 - (1.0 / (e + 7.0)).ln()).abs() < 1e-6);
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod generation;
 pub mod html;
 pub mod inputs;
 pub mod load;
+pub mod perplexity;
 pub mod procfs;
 pub mod report;
 
@@ -120,6 +121,17 @@ pub struct BenchArgs {
     /// inputs are computed (what the other levels measure).
     #[arg(long, value_delimiter = ',')]
     pub repeat_fraction: Vec<f64>,
+    /// Generation models: also score this text's perplexity with every generation model of the
+    /// run (tokenized by the server, each model with its own tokenizer).
+    #[arg(long)]
+    pub perplexity: Option<PathBuf>,
+    /// With --perplexity: tokens per chunk (the second half of each is scored, as llama.cpp's
+    /// perplexity tool does).
+    #[arg(long, default_value_t = 512)]
+    pub context: usize,
+    /// With --perplexity: score at most this many chunks [default: all the text holds].
+    #[arg(long)]
+    pub perplexity_chunks: Option<usize>,
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -172,6 +184,12 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
              (omit --url)"
                 .into(),
         ));
+    }
+    if args.perplexity.is_some() && args.context < 4 {
+        return Err(BenchError::Usage(format!(
+            "--context must be at least 4 tokens, got {}",
+            args.context
+        )));
     }
     if let Some(f) = args
         .repeat_fraction
@@ -457,6 +475,35 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         }
     }
 
+    let mut perplexities = Vec::new();
+    if let Some(path) = &args.perplexity {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BenchError::Usage(format!("--perplexity {}: {e}", path.display())))?;
+        for name in base_models.iter().filter(|m| is_generation(m)) {
+            let (tokens, bos) = perplexity::tokenize(&client, &base, name, &text).await?;
+            let mut chunks = perplexity::chunks(&tokens, args.context, bos);
+            if let Some(n) = args.perplexity_chunks {
+                chunks.truncate(n);
+            }
+            if chunks.is_empty() {
+                return Err(BenchError::Usage(format!(
+                    "--perplexity {}: {} tokens, fewer than one chunk of --context {}",
+                    path.display(),
+                    tokens.len(),
+                    args.context
+                )));
+            }
+            let precision = perplexity::precision_of(&client, &base, name).await;
+            let row = perplexity::measure(&client, &base, name, &precision, &chunks).await?;
+            eprintln!(
+                "{:<22} perplexity {:.4} ± {:.4} over {} tokens ({} chunks of {}), {:.1} scored tok/s",
+                name, row.perplexity, row.stderr, row.scored_tokens, row.chunks, row.context,
+                row.scored_tokens_per_s
+            );
+            perplexities.push(row);
+        }
+    }
+
     // Before the accuracy comparison adds traffic of its own.
     let energy_labels = energy_labels(&client, &base, &models).await?;
     let embedding_models: Vec<String> = models
@@ -497,6 +544,7 @@ pub async fn run(args: &BenchArgs) -> Result<BenchReport, BenchError> {
         accuracy,
         levels,
         generation: gen_levels,
+        perplexity: perplexities,
         energy_labels,
     })
 }

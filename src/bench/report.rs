@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+pub use super::perplexity::PerplexityReport;
+
 /// What one request brought back.
 pub struct Sent {
     /// HTTP status (0: the connection failed; gRPC codes as the status they stand for).
@@ -262,6 +264,8 @@ pub struct BenchReport {
     pub levels: Vec<LevelReport>,
     /// Generation models: one row per model and number of concurrent streams.
     pub generation: Vec<GenLevelReport>,
+    /// Generation models: perplexity on the `--perplexity` text, with what scoring cost.
+    pub perplexity: Vec<PerplexityReport>,
     /// Each model's energy label after the run.
     pub energy_labels: Vec<EnergyLabelReport>,
 }
@@ -283,6 +287,55 @@ pub struct EnergyLabelReport {
     pub class: Option<String>,
     /// Joules per 1,000 input (embeddings) or output (generation) tokens.
     pub joules_per_1k_tokens: Option<f64>,
+}
+
+/// Quality beside speed and energy: per generation model, its perplexity on the `--perplexity`
+/// text and what scoring cost, next to the decode speed and joules per token of its busiest
+/// level in the same run.
+fn quality_table(r: &BenchReport) -> String {
+    let mut out = format!(
+        "{:<22} {:>9} {:>8} {:>7} {:>20} {:>13} {:>14} {:>12} {:>10}\n",
+        "generation model",
+        "precision",
+        "context",
+        "scored",
+        "perplexity ± se",
+        "scored tok/s",
+        "J/1k scored",
+        "gen tok/s",
+        "J/token"
+    );
+    for p in &r.perplexity {
+        let busiest = r
+            .generation
+            .iter()
+            .filter(|g| g.model == p.model)
+            .max_by_key(|g| g.streams);
+        out.push_str(&format!(
+            "{:<22} {:>9} {:>8} {:>7} {:>20} {:>13.1} {:>14} {:>12} {:>10}\n",
+            p.model,
+            p.precision,
+            p.context,
+            p.scored_tokens,
+            format!("{:.4} ± {:.4}", p.perplexity, p.stderr),
+            p.scored_tokens_per_s,
+            p.joules_per_1k_scored
+                .map_or("-".into(), |j| format!("{j:.2}")),
+            busiest.map_or("-".into(), |g| format!(
+                "{:.1} ({})",
+                g.tokens_per_s, g.streams
+            )),
+            busiest
+                .and_then(|g| g.joules_per_token)
+                .map_or("-".into(), |j| format!("{j:.4}")),
+        ));
+    }
+    if let Some(src) = r.perplexity.iter().find_map(|p| p.energy_source.clone()) {
+        out.push_str(&format!(
+            "perplexity: the second half of each chunk scored, as llama.cpp's perplexity tool; gen tok/s at the most streams (in brackets); energy source: {src}\n"
+        ));
+    }
+    out
 }
 
 /// Renders the report as a plain-text table.
@@ -418,6 +471,9 @@ pub fn table(r: &BenchReport) -> String {
         if let Some(src) = r.generation.iter().find_map(|g| g.energy_source.clone()) {
             out.push_str(&format!("energy source: {src}; every completion is exactly --max-tokens long (ignore_eos)\n"));
         }
+    }
+    if !r.perplexity.is_empty() {
+        out.push_str(&quality_table(r));
     }
     for l in &r.energy_labels {
         let unit = if l.task == "generation" {

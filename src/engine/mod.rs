@@ -7,8 +7,10 @@
 
 pub mod decoder;
 pub mod device;
+pub mod elementwise;
 pub mod encoder;
 pub mod gguf;
+pub mod logprobs;
 pub mod precision;
 pub mod sampling;
 pub mod text_stream;
@@ -16,6 +18,7 @@ pub mod text_stream;
 pub use decoder::{GenerationLoadOptions, GenerationModel};
 pub use device::DeviceSpec;
 pub use encoder::{EmbeddingLoadOptions, EmbeddingModel, EmbeddingTokenizer, TokenizeError};
+pub use logprobs::TokenLogprob;
 pub use precision::Precision;
 
 use std::path::PathBuf;
@@ -72,16 +75,38 @@ pub trait Embedder: Send + 'static {
 }
 
 /// One sequence's share of a decoder step: the tokens to append at positions
-/// `cache.len()..cache.len() + tokens.len()` of its cache, and whether the caller needs the
-/// next-token logits after the last of them.
+/// `cache.len()..cache.len() + tokens.len()` of its cache, and which next-token logits the
+/// caller needs.
 pub struct SeqInput<'a, C> {
     /// New tokens (a prompt chunk, or the one token sampled last step).
     pub tokens: &'a [u32],
     /// The sequence's cache, extended by this step.
     pub cache: &'a mut C,
-    /// Whether to return the logits after these tokens (false for a prompt chunk that is not
-    /// the prompt's last).
-    pub logits: bool,
+    /// Which logits rows to return for these tokens.
+    pub logits: Logits,
+}
+
+/// Which next-token logits a step returns for one sequence's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a prompt chunk that is not the prompt's last).
+    None,
+    /// After the last token: what the next token is sampled from.
+    Last,
+    /// After every token, in order (row `i` predicts the token after `tokens[i]`): what scoring
+    /// a prompt (echo with logprobs, perplexity) needs.
+    All,
+}
+
+impl Logits {
+    /// Rows this request returns for `tokens` new tokens.
+    pub fn rows(self, tokens: usize) -> usize {
+        match self {
+            Logits::None => 0,
+            Logits::Last => usize::from(tokens > 0),
+            Logits::All => tokens,
+        }
+    }
 }
 
 /// What the continuous-batching scheduler needs from a text-generation model: per-sequence
@@ -94,8 +119,8 @@ pub trait Decoder: Send + Sync + 'static {
     /// An empty cache with room reserved for `capacity` tokens (it may grow past them).
     fn new_cache(&self, capacity: usize) -> Self::Cache;
 
-    /// One forward pass over `inputs`, extending each sequence's cache; returns one row of
-    /// `vocab_size` logits per input with `logits: true`, in order.
+    /// One forward pass over `inputs`, extending each sequence's cache; returns the rows of
+    /// `vocab_size` logits each input asks for ([`Logits::rows`]), inputs in order.
     fn step(&self, inputs: &mut [SeqInput<'_, Self::Cache>]) -> Result<Vec<Vec<f32>>, EngineError>;
 
     /// Most tokens (prompt + completion) one sequence may hold.
@@ -114,4 +139,8 @@ pub trait Decoder: Send + Sync + 'static {
     /// The text of `ids`, special tokens skipped (generated text is streamed through
     /// [`text_stream::TextStream`] with this).
     fn decode(&self, ids: &[u32]) -> Result<String, EngineError>;
+
+    /// The bytes one token stands for (what logprobs show per token): its text for special
+    /// tokens, the bytes of its byte-level BPE text otherwise.
+    fn token_bytes(&self, token: u32) -> Vec<u8>;
 }

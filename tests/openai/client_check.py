@@ -1,5 +1,5 @@
 """Drives a running wattserve with the official `openai` Python client: chat and completions,
-streamed and not, usage (with wattserve's energy extension) and an error. Exits non-zero with a
+streamed and not, usage (with wattserve's energy extension), logprobs and echo, and errors. Exits non-zero with a
 message on the first mismatch. Usage: client_check.py BASE_URL MODEL
 """
 import sys
@@ -59,6 +59,53 @@ streamed = "".join(
 )
 check(streamed == " 5, 6, 7,", f"streamed completion {streamed!r}")
 
+# Logprobs, chat: one entry per generated token with the asked alternatives, the chosen token's
+# logprob the largest at temperature 0, the bytes spelling the text; streamed the same.
+r = client.chat.completions.create(
+    model=model, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+)
+content = r.choices[0].logprobs.content
+check(len(content) == 8, f"chat logprobs: {len(content)} entries")
+check(all(len(t.top_logprobs) == 3 for t in content), "chat top_logprobs")
+check(all(t.logprob == t.top_logprobs[0].logprob <= 0 for t in content), "greedy token is the top one")
+check(b"".join(bytes(t.bytes) for t in content).decode() == r.choices[0].message.content, "chat bytes")
+streamed = []
+for chunk in client.chat.completions.create(
+    model=model, messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3,
+    stream=True,
+):
+    for c in chunk.choices:
+        if c.logprobs and c.logprobs.content:
+            streamed.extend(c.logprobs.content)
+check([(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content],
+      "streamed chat logprobs differ")
+
+# Logprobs, completions: echo with max_tokens=0 scores the prompt (what lm-evaluation-harness
+# sends); with generation, the prompt's tokens come first.
+prompt = "The capital of France is Paris."
+r = client.completions.create(model=model, prompt=prompt, max_tokens=0, echo=True, logprobs=1)
+lp = r.choices[0].logprobs
+check(r.choices[0].text == prompt, f"echo text {r.choices[0].text!r}")
+check(r.usage.completion_tokens == 0, "scoring generated tokens")
+check(lp.token_logprobs[0] is None and all(x < 0 for x in lp.token_logprobs[1:]), "prompt logprobs")
+check("".join(lp.tokens) == prompt, f"echo tokens {lp.tokens}")
+check(lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0, "text_offset")
+r = client.completions.create(model=model, prompt=prompt, max_tokens=4, echo=True, logprobs=2, temperature=0)
+lp2 = r.choices[0].logprobs
+check(lp2.token_logprobs[: len(lp.tokens)] == lp.token_logprobs, "echo logprobs with generation")
+check(len(lp2.tokens) == len(lp.tokens) + 4, "four generated tokens after the prompt")
+check(all(len(t) in (2, 3) for t in lp2.top_logprobs[1:]), "logprobs=2 alternatives (+ chosen)")
+try:
+    client.completions.create(model=model, prompt=prompt, max_tokens=1, logprobs=6)
+    check(False, "logprobs=6 accepted")
+except openai.BadRequestError as e:
+    check(e.status_code == 400 and "logprobs" in str(e), f"logprobs=6 error: {e}")
+try:
+    client.chat.completions.create(model=model, messages=messages, logprobs=True, top_logprobs=21)
+    check(False, "top_logprobs=21 accepted")
+except openai.BadRequestError as e:
+    check(e.status_code == 400 and "top_logprobs" in str(e), f"top_logprobs=21 error: {e}")
+
 # Errors come back as the client's typed exceptions.
 try:
     client.chat.completions.create(model=model, messages=messages, n=2)
@@ -71,4 +118,4 @@ try:
 except openai.NotFoundError:
     pass
 
-print(f"openai {openai.__version__}: chat, chat stream, completions, completions stream, errors: ok")
+print(f"openai {openai.__version__}: chat, chat stream, completions, completions stream, logprobs, echo, errors: ok")

@@ -197,9 +197,10 @@ pub fn linear_i8(
         let rows = ychunk.len() / w.n;
         let a = quantize_activations(&x[r0 * w.k..(r0 + rows) * w.k], rows, w.k, w.k4 * 4, isa);
         let np = w.blocks * BLOCK_N;
-        let mut acc = vec![0i32; a.rows * np];
-        dot_rows(&a, &mut acc, w, isa);
-        epilogue(&acc, np, &a.scales[..rows], w, bias, ychunk);
+        with_accumulators(a.rows * np, |acc| {
+            dot_rows(&a, acc, w, isa);
+            epilogue(acc, np, &a.scales[..rows], w, bias, ychunk);
+        });
     };
     if parts == 1 {
         run(0, &mut y);
@@ -210,6 +211,40 @@ pub fn linear_i8(
             .for_each(|(part, chunk)| run(part, chunk));
     }
     y
+}
+
+/// Accumulator buffers up to this many values stay with their thread for the next call (16 MiB).
+const KEEP_ACCUMULATORS: usize = 4 << 20;
+
+thread_local! {
+    /// This thread's i32 accumulators, reused across calls: every kernel stores (never adds to)
+    /// each accumulator the epilogue reads, so the buffer needs no clearing, and a fresh one
+    /// per call cost a zero-fill and page faults (several percent of an encoder's time).
+    static ACCUMULATORS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` i32 accumulators of unspecified contents: this thread's reused buffer, or
+/// a fresh one when it is in use or `len` is too large to keep.
+fn with_accumulators<T>(len: usize, f: impl FnOnce(&mut [i32]) -> T) -> T {
+    if len <= KEEP_ACCUMULATORS {
+        let kept = ACCUMULATORS.with(|cell| {
+            let mut buf = cell.try_borrow_mut().ok()?;
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            Some(std::mem::take(&mut *buf))
+        });
+        if let Some(mut buf) = kept {
+            let out = f(&mut buf[..len]);
+            ACCUMULATORS.with(|cell| {
+                if let Ok(mut slot) = cell.try_borrow_mut() {
+                    *slot = buf;
+                }
+            });
+            return out;
+        }
+    }
+    f(&mut vec![0i32; len])
 }
 
 /// The one float step every path shares: `acc × scale_a × scale_w + bias`, row by row.

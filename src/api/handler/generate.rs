@@ -14,13 +14,14 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tokio::sync::oneshot;
 
 use super::{find_model, tokenize_blocking, Serving};
+use crate::api::openai::completions::logprobs::{ChoiceLogprobs, LogprobShaper};
 use crate::api::openai::completions::validate::{self, FittingPrompt, Plan, Prompt};
 use crate::api::openai::completions::wire::{Endpoint, GenerationFields};
 use crate::api::usage::{settle_energy, PendingUsage, UsageEnergy, UsageReport};
 use crate::api::{ApiError, AppState};
-use crate::batch::generation::{Finished, GenEvent, GenerationJob};
+use crate::batch::generation::{Finished, GenEvent, GenerationJob, LogprobRequest};
 use crate::engine::decoder::model::RenderChatError;
-use crate::engine::GenerationModel;
+use crate::engine::{Decoder, GenerationModel, TokenLogprob};
 use crate::meter::class::Work;
 use crate::registry::{GenerationServing, ServedModel};
 
@@ -83,6 +84,16 @@ fn tokenize(engine: &GenerationModel, prompt: Prompt) -> Result<Vec<u32>, ApiErr
     }
 }
 
+/// An echoed prompt (`echo: true`): its text, and its first token, which has no
+/// log-probability.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    /// The prompt's text (its tokens decoded, special tokens included).
+    pub text: String,
+    /// The prompt's first token.
+    pub first_token: u32,
+}
+
 impl<'a> Prepared<'a> {
     /// Queues the sequence; its events arrive on the receiver (dropping it cancels the
     /// sequence at its next step).
@@ -90,23 +101,41 @@ impl<'a> Prepared<'a> {
         let (tx, rx) = unbounded_channel();
         let (abandoned_tx, abandoned) = oneshot::channel();
         let prompt_tokens = self.prompt.len();
+        let echo = if self.plan.echo {
+            let text = self
+                .gen
+                .engine
+                .tokenizer()
+                .decode(self.prompt.ids(), false)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let first_token = self.prompt.ids().first().copied().unwrap_or_default();
+            Some(Echo { text, first_token })
+        } else {
+            None
+        };
         let job = GenerationJob {
             max_new_tokens: self.prompt.max_new_tokens(),
             prompt: self.prompt.into_ids(),
             sampling: self.plan.sampling,
             stop: self.plan.stop.clone(),
             ignore_eos: self.plan.ignore_eos,
+            logprobs: self.plan.logprobs.map(|top| LogprobRequest {
+                top,
+                prompt: self.plan.echo,
+            }),
             events: tx,
             abandoned: Some(abandoned_tx),
         };
         self.gen.scheduler.submit(job)?;
         Ok(Submitted {
             model: self.model,
+            engine: self.gen.engine.clone(),
             plan: self.plan,
             events: rx,
             abandoned,
             prompt_tokens,
             drift: self.drift,
+            echo,
         })
     }
 }
@@ -115,8 +144,12 @@ impl<'a> Prepared<'a> {
 pub struct Submitted<'a> {
     /// The model serving it.
     pub model: &'a Arc<ServedModel>,
+    /// The decoder (token texts for logprobs).
+    engine: Arc<GenerationModel>,
     /// Its options.
     pub plan: Plan,
+    /// The echoed prompt, with `echo`.
+    pub echo: Option<Echo>,
     /// Text pieces, then `Finished` or `Failed`.
     pub events: UnboundedReceiver<GenEvent>,
     /// What the sequence spent, should its caller go away before the end.
@@ -167,12 +200,27 @@ impl<'a> Submitted<'a> {
         (events, PendingUsage::new(pending))
     }
 
+    /// A shaper of this request's log-probabilities, when it asked for them.
+    pub fn logprob_shaper(&self) -> Option<LogprobShaper> {
+        let top = self.plan.logprobs?;
+        let engine = self.engine.clone();
+        Some(LogprobShaper::new(
+            Arc::new(move |t| engine.token_bytes(t)),
+            top,
+        ))
+    }
+
     /// Collects the whole completion and settles its energy.
     pub async fn complete(mut self) -> Result<Completed<'a>, ApiError> {
         let mut text = String::new();
+        let mut prompt_logprobs = Vec::new();
+        let mut logprobs = Vec::new();
+        let shaper = self.logprob_shaper();
         let done = loop {
             match self.events.recv().await {
                 Some(GenEvent::Text(piece)) => text.push_str(&piece),
+                Some(GenEvent::PromptLogprobs(l)) => prompt_logprobs = l,
+                Some(GenEvent::Logprobs(l)) => logprobs.extend(l),
                 Some(GenEvent::Finished(done)) => break done,
                 Some(GenEvent::Failed(e)) => return Err(e.into()),
                 None => return Err(ApiError::internal("the compute thread stopped")),
@@ -188,6 +236,10 @@ impl<'a> Submitted<'a> {
             text,
             done,
             energy,
+            echo: self.echo,
+            shaper,
+            prompt_logprobs,
+            logprobs,
         })
     }
 }
@@ -202,9 +254,42 @@ pub struct Completed<'a> {
     pub done: Finished,
     /// Energy, CO2e and cost; `None` when metering is off.
     pub energy: Option<UsageEnergy>,
+    /// The echoed prompt, with `echo`.
+    pub echo: Option<Echo>,
+    /// Shapes the log-probabilities, when asked for.
+    shaper: Option<LogprobShaper>,
+    /// The prompt's log-probabilities (tokens 1..), with `echo` and `logprobs`.
+    prompt_logprobs: Vec<TokenLogprob>,
+    /// The generated tokens' log-probabilities, with `logprobs`.
+    logprobs: Vec<TokenLogprob>,
 }
 
 impl Completed<'_> {
+    /// The choice's text: the echoed prompt, if any, then the completion.
+    pub fn response_text(&self) -> String {
+        match &self.echo {
+            Some(echo) => format!("{}{}", echo.text, self.text),
+            None => self.text.clone(),
+        }
+    }
+
+    /// The choice's `logprobs` as `endpoint` shapes them (the echoed prompt's first), when
+    /// asked for.
+    pub fn choice_logprobs(&mut self, endpoint: Endpoint) -> Option<ChoiceLogprobs> {
+        let shaper = self.shaper.as_mut()?;
+        Some(match endpoint {
+            Endpoint::Chat => ChoiceLogprobs::Chat(shaper.chat(&self.logprobs)),
+            Endpoint::Completions => {
+                let mut out = match &self.echo {
+                    Some(echo) => shaper.text(Some(echo.first_token), &self.prompt_logprobs),
+                    None => Default::default(),
+                };
+                out.append(shaper.text(None, &self.logprobs));
+                ChoiceLogprobs::Text(out)
+            }
+        })
+    }
+
     /// What the usage ledger records of it.
     pub fn report(&self) -> UsageReport {
         UsageReport::new(

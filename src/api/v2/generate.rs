@@ -230,6 +230,10 @@ fn events(
             };
             let (out, finished) = match event {
                 Some(GenEvent::Text(text)) => (json_event(&piece(text, None)), false),
+                // Never asked for here: nothing to send.
+                Some(GenEvent::Logprobs(_) | GenEvent::PromptLogprobs(_)) => {
+                    (Event::default().comment("logprobs"), false)
+                }
                 Some(GenEvent::Finished(done)) => {
                     let energy = seq.settle(&done).await;
                     let mut p = params::served(done.max_batch, model.precision, energy.as_ref());

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 
 use super::llama::{KvCache, Llama};
 use crate::engine::gguf::{ChatMessage, ChatTemplate, GenerationTokenizer, GgufFile};
-use crate::engine::{Decoder, DeviceSpec, EngineError, Precision, SeqInput};
+use crate::engine::{Decoder, DeviceSpec, EngineError, Logits, Precision, SeqInput};
 
 /// How to load a generation model (from its model.toml).
 #[derive(Debug, Clone)]
@@ -43,6 +43,8 @@ pub struct GenerationModel {
     model: Llama,
     tokenizer: GenerationTokenizer,
     template: Option<ChatTemplate>,
+    /// The chat template's Jinja source, as the file stores it.
+    template_source: Option<String>,
     context_len: usize,
     file: PathBuf,
 }
@@ -53,6 +55,11 @@ impl GenerationModel {
         let file = resolve_gguf(&opts.path)?;
         let mut gguf = GgufFile::open(&file)?;
         let tokenizer = GenerationTokenizer::from_gguf(&gguf)?;
+        let template_source = if gguf.has("tokenizer.chat_template") {
+            Some(gguf.str("tokenizer.chat_template")?.to_string())
+        } else {
+            None
+        };
         let template = if gguf.has("tokenizer.chat_template") {
             let text =
                 |id: Option<u32>| id.and_then(|i| tokenizer.token_text(i)).unwrap_or_default();
@@ -80,6 +87,7 @@ impl GenerationModel {
             model,
             tokenizer,
             template,
+            template_source,
             context_len,
             file,
         })
@@ -93,6 +101,12 @@ impl GenerationModel {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &GenerationTokenizer {
         &self.tokenizer
+    }
+
+    /// The chat template's Jinja source, when the model has one (for clients that render
+    /// conversations themselves).
+    pub fn chat_template_source(&self) -> Option<&str> {
+        self.template_source.as_deref()
     }
 
     /// The GGUF file it was loaded from.
@@ -161,7 +175,7 @@ impl GenerationModel {
             let logits = self.model.forward(&mut [SeqInput {
                 tokens: &next,
                 cache: &mut cache,
-                logits: true,
+                logits: Logits::Last,
             }])?;
             let token = argmax(&logits.squeeze(0)?)?;
             out.push(token);
@@ -204,6 +218,10 @@ impl Decoder for GenerationModel {
 
     fn decode(&self, ids: &[u32]) -> Result<String, EngineError> {
         self.tokenizer.decode(ids, true)
+    }
+
+    fn token_bytes(&self, token: u32) -> Vec<u8> {
+        self.tokenizer.token_bytes(token)
     }
 }
 

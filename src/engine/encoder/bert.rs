@@ -9,8 +9,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
 use serde::Deserialize;
 
-use super::elementwise::add;
-use super::linear::{activation_dtype, candle_ops_forced, with_f32_slice, Linear};
+use super::linear::{activation_dtype, candle_ops_forced, Linear};
+use crate::engine::elementwise::{add, with_f32_slice, On};
 use crate::engine::{EngineError, Precision};
 use wattserve_kernels::attention::attend_packed;
 use wattserve_kernels::{default_threads, Epilogue};
@@ -125,7 +125,9 @@ impl SelfAttention {
             if self.attention_kernel && qkv.dtype() == DType::F32 && qkv.device().is_cpu() {
                 let context = self.attend_packed_f32(&qkv, spans)?;
                 let projected = self.output.forward(&context)?;
-                return Ok(self.output_norm.forward(&add(&projected, x, None)?)?);
+                return Ok(self
+                    .output_norm
+                    .forward(&add(&projected, x, None, On::Pool)?)?);
             }
         }
         // three (.., H)
@@ -139,7 +141,9 @@ impl SelfAttention {
             Layout::Packed { spans } => self.attend_packed(&q, &k, &v, spans)?,
         };
         let projected = self.output.forward(&context)?;
-        Ok(self.output_norm.forward(&add(&projected, x, None)?)?)
+        Ok(self
+            .output_norm
+            .forward(&add(&projected, x, None, On::Pool)?)?)
     }
 
     /// `q`, `k`, `v`: (B, T, H); `mask`: (B, 1, 1, T) additive f32. Returns (B, T, H).
@@ -282,7 +286,7 @@ impl FeedForward {
             act => act.apply(&self.up.forward(x)?)?,
         };
         let down = self.down.forward(&up)?;
-        Ok(self.norm.forward(&add(&down, x, None)?)?)
+        Ok(self.norm.forward(&add(&down, x, None, On::Pool)?)?)
     }
 }
 
@@ -429,6 +433,7 @@ impl BertEncoder {
             &self.word.forward(&ids)?,
             &self.position.index_select(&positions, 0)?,
             Some(&self.token_type0),
+            On::Pool,
         )?;
         let hidden = self.encode(x, &Layout::Packed { spans: &spans })?;
         Ok((hidden, spans))

@@ -12,6 +12,7 @@ use wattserve_kernels::{
     PackedWeights,
 };
 
+use crate::engine::elementwise::with_f32_slice;
 use crate::engine::{EngineError, Precision};
 
 /// `y = x Wᵀ + b` with `W` of shape `(out, in)`, in the precision the model is served at.
@@ -268,21 +269,6 @@ fn rows_of(x: &Tensor, k: usize, n: usize) -> Result<(usize, Vec<usize>), Engine
         *last = n;
     }
     Ok((x.elem_count() / k.max(1), dims))
-}
-
-/// Runs `f` on `x`'s values as one contiguous f32 slice: borrowed from the tensor's storage
-/// when it already is one (no copy), else converted.
-pub(super) fn with_f32_slice<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T, EngineError> {
-    if x.dtype() == DType::F32 && x.is_contiguous() {
-        let (storage, layout) = x.storage_and_layout();
-        if let candle_core::Storage::Cpu(cpu) = &*storage {
-            let all = cpu.as_slice::<f32>()?;
-            let start = layout.start_offset();
-            return Ok(f(&all[start..start + x.elem_count()]));
-        }
-    }
-    let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    Ok(f(&data))
 }
 
 #[cfg(test)]

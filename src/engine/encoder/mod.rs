@@ -3,7 +3,6 @@
 
 pub mod activation;
 pub mod bert;
-pub mod elementwise;
 pub mod linear;
 #[cfg(feature = "cuda")]
 pub mod linear_cuda;

@@ -204,6 +204,12 @@ impl GenerationTokenizer {
         self.eos
     }
 
+    /// Whether [`encode`](Self::encode) prepends the beginning-of-sequence token
+    /// (`tokenizer.ggml.add_bos_token`).
+    pub fn adds_bos(&self) -> bool {
+        self.add_bos && self.bos.is_some()
+    }
+
     /// The beginning-of-sequence id, when the vocabulary has one.
     pub fn bos(&self) -> Option<u32> {
         self.bos
@@ -218,4 +224,48 @@ impl GenerationTokenizer {
     pub fn is_special(&self, id: u32) -> bool {
         self.special.get(id as usize).copied().unwrap_or(false)
     }
+
+    /// The bytes token `id` stands for: a special token's text as written, else its byte-level
+    /// BPE text mapped back to bytes (a token may hold part of a UTF-8 character); empty for an
+    /// id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        let Some(text) = self.inner.id_to_token(id) else {
+            return Vec::new();
+        };
+        if self.is_special(id) {
+            return text.into_bytes();
+        }
+        let table = byte_of_char();
+        let mut out = Vec::with_capacity(text.len());
+        for c in text.chars() {
+            match table.get(&c) {
+                Some(&b) => out.push(b),
+                // Not a byte-level character: keep it as text.
+                None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        out
+    }
+}
+
+/// The inverse of GPT-2's byte-to-character table (`bytes_to_unicode`): printable Latin-1 bytes
+/// stand for themselves, the other 68 bytes for characters from U+0100 on, in byte order.
+fn byte_of_char() -> &'static std::collections::HashMap<char, u8> {
+    static TABLE: std::sync::OnceLock<std::collections::HashMap<char, u8>> =
+        std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xa1..=0xac | 0xae..=0xff);
+        let mut next = 0x100u32;
+        (0..=255u8)
+            .map(|b| {
+                let c = if printable(b) {
+                    char::from(b)
+                } else {
+                    next += 1;
+                    char::from_u32(next - 1).unwrap_or(char::REPLACEMENT_CHARACTER)
+                };
+                (c, b)
+            })
+            .collect()
+    })
 }

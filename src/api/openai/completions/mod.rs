@@ -8,6 +8,7 @@
 //! chunk (`stream_options.include_usage`), after which `data: [DONE]` ends it. A client that goes
 //! away (closed connection, dropped stream) cancels its sequence at the next step.
 
+pub mod logprobs;
 pub mod sse;
 pub mod validate;
 pub mod wire;
@@ -98,7 +99,7 @@ async fn handle(
                     return Ok(cached(endpoint, p.model, hit, lookup, watts, started));
                 }
             }
-            let c = p.submit()?.complete().await?;
+            let mut c = p.submit()?.complete().await?;
             if let (Some(key), Some((cache, _))) = (key.clone(), state.cache()) {
                 let value = CachedCompletion {
                     text: c.text.as_str().into(),
@@ -108,11 +109,13 @@ async fn handle(
                 };
                 cache.put_completion(&c.model.name, key, value);
             }
+            let logprobs = c.choice_logprobs(endpoint);
             let body = CompletionResponse::new(
                 ResponseId::new(endpoint, &c.model.name),
-                c.text.clone(),
+                c.response_text(),
                 &c.done,
                 c.energy.clone(),
+                logprobs,
             );
             let mut resp = handler::metered_json(body, c.serving(started), c.energy.as_ref());
             if key.is_some() {
@@ -136,6 +139,10 @@ fn cache_key(
     let (cache, _) = state.cache()?;
     let s = &p.plan.sampling;
     if !cache.caches_completions() || !(s.temperature == 0.0 || s.seed.is_some()) {
+        return None;
+    }
+    // The cache keeps text and counts only.
+    if p.plan.logprobs.is_some() || p.plan.echo {
         return None;
     }
     let options = format!(
@@ -190,6 +197,7 @@ fn cached(
         hit.text.to_string(),
         &done,
         energy.clone(),
+        None,
     );
     let serving = Serving {
         model,
@@ -224,12 +232,17 @@ async fn stream(
     let first = s.first_event().await?;
     let rid = ResponseId::new(endpoint, &s.model.name);
     let (model, include_usage) = (s.model, s.plan.include_usage);
+    let shaping = sse::Shaping {
+        logprobs: s.logprob_shaper(),
+        echo: s.echo.clone(),
+    };
     let (seq, pending) = s.into_stream();
     let events = sse::events(
         first,
         seq,
         rid,
         include_usage,
+        shaping,
         generate::ending(state, started),
     );
     let mut resp = Sse::new(events)

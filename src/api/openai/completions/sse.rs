@@ -12,10 +12,21 @@ use axum::response::sse::Event;
 use futures_util::Stream;
 use serde::Serialize;
 
+use super::logprobs::{ChoiceLogprobs, LogprobShaper};
 use super::wire::{Chunk, ChunkChoice, CompletionUsage, Endpoint, ResponseId, StreamError};
-use crate::api::handler::generate::{EndReason, Ending, SequenceEvents};
+use crate::api::handler::generate::{Echo, EndReason, Ending, SequenceEvents};
 use crate::api::ApiError;
 use crate::batch::generation::GenEvent;
+use crate::engine::TokenLogprob;
+
+/// What a stream shows besides the generated text.
+#[derive(Debug, Default)]
+pub struct Shaping {
+    /// The tokens' log-probabilities, when asked for.
+    pub logprobs: Option<LogprobShaper>,
+    /// The prompt, first (completions with `echo`).
+    pub echo: Option<Echo>,
+}
 
 /// The chunks of one streamed completion: `first` (the event the handler waited for before
 /// answering), then the sequence's events from `rx`.
@@ -24,6 +35,7 @@ pub fn events(
     seq: SequenceEvents,
     rid: ResponseId,
     include_usage: bool,
+    shaping: Shaping,
     ending: Ending,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let state = StreamState {
@@ -31,6 +43,8 @@ pub fn events(
         seq,
         rid,
         include_usage,
+        shaping,
+        pending: Vec::new(),
         ending,
         opened: false,
         closed: false,
@@ -72,7 +86,10 @@ struct StreamState {
     ending: Ending,
     rid: ResponseId,
     include_usage: bool,
-    /// Role chunk sent (chat).
+    shaping: Shaping,
+    /// Log-probabilities of tokens whose text has not been sent yet.
+    pending: Vec<TokenLogprob>,
+    /// Role chunk (chat) or echoed prompt without log-probabilities (completions) sent.
     opened: bool,
     /// `[DONE]` queued: the stream ends once the queue is empty.
     closed: bool,
@@ -86,6 +103,20 @@ impl StreamState {
         data(&Chunk::content(&self.rid, choice, self.include_usage))
     }
 
+    /// The log-probabilities of the pending tokens (and of an echoed prompt's first token),
+    /// shaped for this endpoint; `None` when not asked for or when there are none.
+    fn take_logprobs(&mut self, first: Option<u32>) -> Option<ChoiceLogprobs> {
+        let shaper = self.shaping.logprobs.as_mut()?;
+        if self.pending.is_empty() && first.is_none() {
+            return None;
+        }
+        let tokens = std::mem::take(&mut self.pending);
+        Some(match self.rid.endpoint {
+            Endpoint::Chat => ChoiceLogprobs::Chat(shaper.chat(&tokens)),
+            Endpoint::Completions => ChoiceLogprobs::Text(shaper.text(first, &tokens)),
+        })
+    }
+
     /// Reads the next event of the sequence (or opens a chat stream) and queues its chunks.
     async fn next_events(&mut self) {
         let endpoint = self.rid.endpoint;
@@ -95,6 +126,15 @@ impl StreamState {
                 let e = self.chunk(ChunkChoice::opening());
                 self.queued.push_back(e);
                 return;
+            }
+            // An echoed prompt without log-probabilities goes first; with them, it waits for
+            // its scores (the sequence's first event).
+            if self.shaping.logprobs.is_none() {
+                if let Some(echo) = self.shaping.echo.take() {
+                    let e = self.chunk(ChunkChoice::text(endpoint, echo.text));
+                    self.queued.push_back(e);
+                    return;
+                }
             }
         }
         let event = if let Some(first) = self.first.take() {
@@ -111,14 +151,29 @@ impl StreamState {
             }
         };
         match event {
+            Some(GenEvent::PromptLogprobs(scores)) => {
+                if let Some(echo) = self.shaping.echo.take() {
+                    self.pending = scores;
+                    let logprobs = self.take_logprobs(Some(echo.first_token));
+                    let choice = ChunkChoice::text(endpoint, echo.text).with_logprobs(logprobs);
+                    let e = self.chunk(choice);
+                    self.queued.push_back(e);
+                }
+            }
+            Some(GenEvent::Logprobs(tokens)) => self.pending.extend(tokens),
             Some(GenEvent::Text(piece)) => {
                 if !piece.is_empty() {
-                    let e = self.chunk(ChunkChoice::text(endpoint, piece));
+                    let logprobs = self.take_logprobs(None);
+                    let choice = ChunkChoice::text(endpoint, piece).with_logprobs(logprobs);
+                    let e = self.chunk(choice);
                     self.queued.push_back(e);
                 }
             }
             Some(GenEvent::Finished(done)) => {
-                let last = self.chunk(ChunkChoice::finish(endpoint, done.reason.as_str()));
+                let logprobs = self.take_logprobs(None);
+                let last = self.chunk(
+                    ChunkChoice::finish(endpoint, done.reason.as_str()).with_logprobs(logprobs),
+                );
                 self.queued.push_back(last);
                 if self.include_usage {
                     let energy = self.seq.settle(&done).await;

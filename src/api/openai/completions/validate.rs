@@ -135,6 +135,12 @@ pub struct Plan {
     pub include_usage: bool,
     /// Generate past stop tokens.
     pub ignore_eos: bool,
+    /// Report log-probabilities with this many alternatives per token (`logprobs` 0–5 on
+    /// completions; chat's `logprobs: true` with `top_logprobs` 0–20); `None`: not asked for.
+    pub logprobs: Option<usize>,
+    /// Completions: return the prompt before the completion (with its log-probabilities when
+    /// `logprobs` is asked for); `max_tokens: 0` then only scores the prompt.
+    pub echo: bool,
 }
 
 /// A request checked field by field: what the handler tokenizes and queues.
@@ -154,7 +160,7 @@ pub fn request(
     raw_prompt: Value,
     limits: &Limits,
 ) -> Result<Request, ValidationError> {
-    let plan = parse_fields(fields, limits)?;
+    let plan = parse_fields(endpoint, fields, limits)?;
     let prompt = match endpoint {
         Endpoint::Chat => Prompt::Chat(parse_messages(raw_prompt)?),
         Endpoint::Completions => parse_prompt(raw_prompt)?,
@@ -255,8 +261,9 @@ fn fits(
             format!("Token id {bad} is outside the vocabulary ({vocab} tokens)"),
         ));
     }
+    // At least one token to generate, unless the request only scores its prompt.
     let requested = ids.len() + max_tokens.unwrap_or(1);
-    if ids.len() >= ctx || requested > ctx {
+    if requested > ctx {
         let detail = match max_tokens {
             Some(m) => format!(
                 "you requested {requested} tokens ({} in the prompt, {m} for the completion)",
@@ -282,9 +289,81 @@ fn fits(
     })
 }
 
+/// Most alternatives per token `logprobs` may ask for on `/v1/completions` (OpenAI's limit).
+pub const MAX_COMPLETION_LOGPROBS: u64 = 5;
+
+/// `logprobs`, `top_logprobs` and `echo` as `endpoint` defines them: the alternatives per token
+/// (`None`: no log-probabilities) and whether to echo the prompt.
+fn parse_logprobs(
+    endpoint: Endpoint,
+    f: &GenerationFields,
+) -> Result<(Option<usize>, bool), ValidationError> {
+    let bad = ValidationError::invalid_value;
+    let max_top = crate::engine::logprobs::MAX_TOP as i64;
+    match endpoint {
+        Endpoint::Completions => {
+            if f.top_logprobs.is_some() {
+                return Err(bad(
+                    "top_logprobs",
+                    "top_logprobs is a chat parameter; on /v1/completions, logprobs (0-5) gives the alternatives".into(),
+                ));
+            }
+            let n = match &f.logprobs {
+                None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+                Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= MAX_COMPLETION_LOGPROBS) => {
+                    n.as_u64().map(|n| n as usize)
+                }
+                Some(other) => {
+                    return Err(bad(
+                        "logprobs",
+                        format!("logprobs must be an integer between 0 and {MAX_COMPLETION_LOGPROBS}, got {other}"),
+                    ))
+                }
+            };
+            Ok((n, f.echo.unwrap_or(false)))
+        }
+        Endpoint::Chat => {
+            if f.echo == Some(true) {
+                return Err(bad(
+                    "echo",
+                    "echo is not available on /v1/chat/completions; use /v1/completions".into(),
+                ));
+            }
+            let on = match &f.logprobs {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(other) => {
+                    return Err(bad(
+                        "logprobs",
+                        format!(
+                            "logprobs must be true or false on /v1/chat/completions, got {other}"
+                        ),
+                    ))
+                }
+            };
+            match f.top_logprobs {
+                None => Ok((on.then_some(0), false)),
+                Some(n) if !(0..=max_top).contains(&n) => Err(bad(
+                    "top_logprobs",
+                    format!("top_logprobs must be between 0 and {max_top}, got {n}"),
+                )),
+                Some(_) if !on => Err(bad(
+                    "top_logprobs",
+                    "top_logprobs needs logprobs: true".into(),
+                )),
+                Some(n) => Ok((Some(n as usize), false)),
+            }
+        }
+    }
+}
+
 /// Checks the options (everything but the prompt) into a [`Plan`], within the operator's
 /// `limits` (`max_tokens` capped, the default filled in, `ignore_eos` only where allowed).
-fn parse_fields(f: GenerationFields, limits: &Limits) -> Result<Plan, ValidationError> {
+fn parse_fields(
+    endpoint: Endpoint,
+    f: GenerationFields,
+    limits: &Limits,
+) -> Result<Plan, ValidationError> {
     let bad = ValidationError::invalid_value;
     if let Some(n) = f.n {
         if n != 1 {
@@ -302,11 +381,7 @@ fn parse_fields(f: GenerationFields, limits: &Limits) -> Result<Plan, Validation
             ));
         }
     }
-    match &f.logprobs {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(Value::Number(n)) if n.as_u64() == Some(0) => {}
-        Some(_) => return Err(bad("logprobs", "logprobs are not supported".into())),
-    }
+    let (logprobs, echo) = parse_logprobs(endpoint, &f)?;
     let cap = limits.max_completion_tokens;
     let max_tokens = match f.max_completion_tokens.or(f.max_tokens) {
         None => None,
@@ -317,10 +392,12 @@ fn parse_fields(f: GenerationFields, limits: &Limits) -> Result<Plan, Validation
             ))
         }
         Some(m) if m >= 1 => Some(m as usize),
+        // Scoring a prompt: nothing to generate.
+        Some(0) if echo => Some(0),
         Some(m) => {
             return Err(bad(
                 "max_tokens",
-                format!("max_tokens must be at least 1, got {m}"),
+                format!("max_tokens must be at least 1 (0 only with echo), got {m}"),
             ))
         }
     };
@@ -356,6 +433,8 @@ fn parse_fields(f: GenerationFields, limits: &Limits) -> Result<Plan, Validation
         stream: f.stream.unwrap_or(false),
         include_usage: f.stream_options.is_some_and(|o| o.include_usage),
         ignore_eos: f.ignore_eos,
+        logprobs,
+        echo,
     })
 }
 
@@ -469,6 +548,23 @@ fn parse_prompt(prompt: Value) -> Result<Prompt, ValidationError> {
                     .collect(),
             ))
         }
+        // One prompt of token ids in a batch of one (what lm-evaluation-harness sends).
+        Value::Array(items) if items.len() == 1 && items[0].is_array() => {
+            match parse_prompt(items.into_iter().next().unwrap_or_default())? {
+                Prompt::Tokens(ids) => Ok(Prompt::Tokens(ids)),
+                _ => Err(bad(
+                    "prompt must be a string, an array with one string, or an array of token ids"
+                        .into(),
+                )),
+            }
+        }
+        Value::Array(items)
+            if items.len() > 1 && items.iter().all(|v| v.is_string() || v.is_array()) =>
+        {
+            Err(bad(
+                "Only one prompt per request is supported (send one request per prompt)".into(),
+            ))
+        }
         Value::Array(items) if items.len() > 1 && items.iter().all(Value::is_string) => Err(bad(
             "Only one prompt per request is supported (send one request per prompt)".into(),
         )),
@@ -497,13 +593,17 @@ mod tests {
 
     /// [`parse_fields`] under the default limits.
     fn parse_fields_default(f: GenerationFields) -> Result<Plan, ValidationError> {
-        parse_fields(f, &Limits::default())
+        parse_fields(Endpoint::Completions, f, &Limits::default())
     }
 
     #[test]
     fn fields_are_validated_with_the_parameter_named() {
         let f = |v: Value| serde_json::from_value::<GenerationFields>(v).unwrap();
-        let err = |v: Value| parse_fields(f(v), &Limits::default()).err().unwrap();
+        let err = |v: Value| {
+            parse_fields(Endpoint::Completions, f(v), &Limits::default())
+                .err()
+                .unwrap()
+        };
         assert_eq!(err(json!({"n": 2})).param(), "n");
         assert_eq!(err(json!({"temperature": 3.0})).param(), "temperature");
         assert_eq!(err(json!({"top_p": 0})).param(), "top_p");
@@ -523,6 +623,71 @@ mod tests {
         assert_eq!(ok.max_tokens, Some(5));
         assert_eq!(ok.stop, vec!["x"]);
         assert!(ok.sampling.is_greedy());
+    }
+
+    #[test]
+    fn logprobs_follow_each_endpoints_rules() {
+        let f = |v: Value| serde_json::from_value::<GenerationFields>(v).unwrap();
+        let parse = |e: Endpoint, v: Value| parse_fields(e, f(v), &Limits::default());
+        let (c, chat) = (Endpoint::Completions, Endpoint::Chat);
+        let ok = |e, v| {
+            let p: Plan = parse(e, v).unwrap();
+            (p.logprobs, p.echo, p.max_tokens)
+        };
+        assert_eq!(ok(c, json!({"logprobs": 0})), (Some(0), false, None));
+        assert_eq!(
+            ok(c, json!({"logprobs": 5, "echo": true, "max_tokens": 0})),
+            (Some(5), true, Some(0))
+        );
+        assert_eq!(
+            ok(c, json!({"echo": true, "max_tokens": 0})),
+            (None, true, Some(0))
+        );
+        assert_eq!(ok(chat, json!({"logprobs": true})), (Some(0), false, None));
+        assert_eq!(
+            ok(chat, json!({"logprobs": true, "top_logprobs": 20})),
+            (Some(20), false, None)
+        );
+        assert_eq!(ok(chat, json!({"logprobs": false})), (None, false, None));
+        let err = |e, v| {
+            let err: ValidationError = parse(e, v).unwrap_err();
+            (err.param(), err.to_string())
+        };
+        let (param, msg) = err(c, json!({"logprobs": 6}));
+        assert_eq!(param, "logprobs");
+        assert!(msg.contains("between 0 and 5, got 6"), "{msg}");
+        assert_eq!(err(c, json!({"logprobs": -1})).0, "logprobs");
+        assert_eq!(err(c, json!({"logprobs": true})).0, "logprobs");
+        assert_eq!(err(c, json!({"top_logprobs": 2})).0, "top_logprobs");
+        assert_eq!(err(c, json!({"max_tokens": 0})).0, "max_tokens");
+        let (param, msg) = err(chat, json!({"logprobs": true, "top_logprobs": 21}));
+        assert_eq!(param, "top_logprobs");
+        assert!(msg.contains("between 0 and 20, got 21"), "{msg}");
+        assert_eq!(err(chat, json!({"top_logprobs": 3})).0, "top_logprobs");
+        assert_eq!(err(chat, json!({"logprobs": 2})).0, "logprobs");
+        assert_eq!(err(chat, json!({"echo": true})).0, "echo");
+    }
+
+    #[test]
+    fn a_scoring_request_may_fill_the_whole_context() {
+        assert_eq!(
+            fits(8, 100, vec![1; 8], Some(0), "prompt")
+                .unwrap()
+                .max_new_tokens(),
+            0
+        );
+        assert_eq!(
+            fits(8, 100, vec![1; 8], None, "prompt")
+                .unwrap_err()
+                .param(),
+            "prompt"
+        );
+        assert_eq!(
+            fits(8, 100, vec![1; 7], Some(2), "prompt")
+                .unwrap_err()
+                .param(),
+            "max_tokens"
+        );
     }
 
     #[test]
@@ -612,6 +777,14 @@ mod tests {
             .to_string()
             .contains("one prompt"));
         assert!(parse_prompt(json!({"x": 1})).is_err());
+        assert!(
+            matches!(parse_prompt(json!([[4, 5]])).unwrap(), Prompt::Tokens(t) if t == vec![4, 5])
+        );
+        assert!(parse_prompt(json!([[1], [2]]))
+            .unwrap_err()
+            .to_string()
+            .contains("one prompt"));
+        assert!(parse_prompt(json!([["a"]])).is_err());
     }
 
     #[test]
@@ -648,24 +821,43 @@ mod tests {
             default_completion_tokens: 10,
             ..Limits::default()
         };
-        let e = parse_fields(f(json!({"max_tokens": 101})), &limits).unwrap_err();
+        let e = parse_fields(
+            Endpoint::Completions,
+            f(json!({"max_tokens": 101})),
+            &limits,
+        )
+        .unwrap_err();
         assert_eq!(e.param(), "max_tokens");
         assert!(
             e.to_string().contains("limits.max_completion_tokens"),
             "{e}"
         );
-        let ok = parse_fields(f(json!({"max_tokens": 100})), &limits).unwrap();
+        let ok = parse_fields(
+            Endpoint::Completions,
+            f(json!({"max_tokens": 100})),
+            &limits,
+        )
+        .unwrap();
         assert_eq!((ok.max_tokens, ok.default_max_tokens), (Some(100), 10));
-        let e = parse_fields(f(json!({"ignore_eos": true})), &limits).unwrap_err();
+        let e = parse_fields(
+            Endpoint::Completions,
+            f(json!({"ignore_eos": true})),
+            &limits,
+        )
+        .unwrap_err();
         assert_eq!(e.param(), "ignore_eos");
         let allowed = Limits {
             allow_ignore_eos: true,
             ..limits
         };
         assert!(
-            parse_fields(f(json!({"ignore_eos": true})), &allowed)
-                .unwrap()
-                .ignore_eos
+            parse_fields(
+                Endpoint::Completions,
+                f(json!({"ignore_eos": true})),
+                &allowed
+            )
+            .unwrap()
+            .ignore_eos
         );
     }
 }

@@ -4,13 +4,14 @@
 //! Response fields are declared in alphabetical order, nested objects included. That is the
 //! order the `json!` bodies these types replaced produced (serde_json without `preserve_order`
 //! keeps object keys sorted), kept so that responses stay byte for byte what they were; the tests
-//! below pin it. `logprobs` is always present as `null`, as OpenAI sends it when not requested.
+//! below pin it. `logprobs` is always present, `null` when not requested, as OpenAI sends it.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
+use super::logprobs::ChoiceLogprobs;
 use crate::api::usage::UsageEnergy;
 use crate::batch::generation::Finished;
 
@@ -105,9 +106,15 @@ pub struct GenerationFields {
     /// Only 0 is supported.
     #[serde(default)]
     pub frequency_penalty: Option<f32>,
-    /// Not supported (false / null only).
+    /// Completions: 0–5 alternatives per token; chat: `true` (with `top_logprobs`).
     #[serde(default)]
     pub logprobs: Option<Value>,
+    /// Chat: 0–20 alternatives per token, with `logprobs: true`.
+    #[serde(default)]
+    pub top_logprobs: Option<i64>,
+    /// Completions: return the prompt before the completion.
+    #[serde(default)]
+    pub echo: Option<bool>,
     /// OpenAI's end-user id; accepted and ignored.
     #[serde(default)]
     pub user: Option<String>,
@@ -238,19 +245,21 @@ pub struct CompletionResponse {
 }
 
 impl CompletionResponse {
-    /// The response for `text`, generated to the end `done` describes.
+    /// The response for `text`, generated to the end `done` describes, with its `logprobs`
+    /// when asked for.
     pub fn new(
         rid: ResponseId,
         text: String,
         done: &Finished,
         energy: Option<UsageEnergy>,
+        logprobs: Option<ChoiceLogprobs>,
     ) -> Self {
         let finish_reason = done.reason.as_str();
         let choice = match rid.endpoint {
             Endpoint::Chat => Choice::Chat(ChatChoice {
                 finish_reason,
                 index: 0,
-                logprobs: Null,
+                logprobs,
                 message: AssistantMessage {
                     content: text,
                     role: "assistant",
@@ -259,7 +268,7 @@ impl CompletionResponse {
             Endpoint::Completions => Choice::Text(TextChoice {
                 finish_reason,
                 index: 0,
-                logprobs: Null,
+                logprobs,
                 text,
             }),
         };
@@ -291,8 +300,8 @@ pub struct ChatChoice {
     pub finish_reason: &'static str,
     /// Always 0 (n = 1).
     pub index: u32,
-    /// Not supported: `null`.
-    pub logprobs: Null,
+    /// The tokens' log-probabilities when asked for, else `null`.
+    pub logprobs: Option<ChoiceLogprobs>,
     /// The assistant's answer.
     pub message: AssistantMessage,
 }
@@ -313,9 +322,9 @@ pub struct TextChoice {
     pub finish_reason: &'static str,
     /// Always 0 (n = 1).
     pub index: u32,
-    /// Not supported: `null`.
-    pub logprobs: Null,
-    /// The generated text.
+    /// The tokens' log-probabilities when asked for, else `null`.
+    pub logprobs: Option<ChoiceLogprobs>,
+    /// The generated text (after the prompt, with `echo`).
     pub text: String,
 }
 
@@ -419,12 +428,21 @@ impl ChunkChoice {
         }
     }
 
+    /// The same choice carrying the log-probabilities of its tokens.
+    pub fn with_logprobs(mut self, logprobs: Option<ChoiceLogprobs>) -> Self {
+        match &mut self {
+            Self::Chat(c) => c.logprobs = logprobs,
+            Self::Text(c) => c.logprobs = logprobs,
+        }
+        self
+    }
+
     fn chat(delta: Delta, finish_reason: Option<&'static str>) -> Self {
         Self::Chat(ChatChunkChoice {
             delta,
             finish_reason,
             index: 0,
-            logprobs: Null,
+            logprobs: None,
         })
     }
 
@@ -432,7 +450,7 @@ impl ChunkChoice {
         Self::Text(TextChunkChoice {
             finish_reason,
             index: 0,
-            logprobs: Null,
+            logprobs: None,
             text,
         })
     }
@@ -447,8 +465,8 @@ pub struct ChatChunkChoice {
     pub finish_reason: Option<&'static str>,
     /// Always 0 (n = 1).
     pub index: u32,
-    /// Not supported: `null`.
-    pub logprobs: Null,
+    /// The log-probabilities of this chunk's tokens when asked for, else `null`.
+    pub logprobs: Option<ChoiceLogprobs>,
 }
 
 /// `delta` of a chat chunk: only what changed (`{}` in the last chunk).
@@ -469,8 +487,8 @@ pub struct TextChunkChoice {
     pub finish_reason: Option<&'static str>,
     /// Always 0 (n = 1).
     pub index: u32,
-    /// Not supported: `null`.
-    pub logprobs: Null,
+    /// The log-probabilities of this chunk's tokens when asked for, else `null`.
+    pub logprobs: Option<ChoiceLogprobs>,
     /// New text (empty in the last chunk).
     pub text: String,
 }
@@ -579,7 +597,7 @@ mod tests {
 
     #[test]
     fn whole_responses_have_the_json_shape_of_before() {
-        let chat = CompletionResponse::new(rid(Endpoint::Chat), "hi".into(), &done(), None);
+        let chat = CompletionResponse::new(rid(Endpoint::Chat), "hi".into(), &done(), None, None);
         assert_eq!(
             text(&chat),
             r#"{"choices":[{"finish_reason":"length","index":0,"logprobs":null,"message":{"content":"hi","role":"assistant"}}],"created":7,"id":"x-1","model":"m","object":"chat.completion","usage":{"completion_tokens":2,"prompt_tokens":3,"total_tokens":5}}"#
@@ -598,6 +616,7 @@ mod tests {
             "hi".into(),
             &done(),
             Some(energy()),
+            None,
         );
         assert_eq!(
             text(&plain),

@@ -22,8 +22,9 @@ use wattserve_kernels::q8_tiles;
 use self::attention::{attention, Span};
 use self::projection::{projections, split_outputs, Projection};
 use super::cpu_pool;
+use crate::engine::elementwise::{add, On};
 use crate::engine::gguf::GgufFile;
-use crate::engine::{EngineError, Precision, SeqInput};
+use crate::engine::{EngineError, Logits, Precision, SeqInput};
 
 struct Block {
     attn_norm: Tensor,
@@ -184,7 +185,8 @@ impl Llama {
     }
 
     /// Runs one step over all `inputs` together and returns the next-token logits (f32,
-    /// `n × vocab`) of those with `logits` set, in order. Each input's cache grows by its tokens.
+    /// `n × vocab`) each input asks for ([`Logits`]), in order. Each input's cache grows by its
+    /// tokens.
     pub fn forward(&self, inputs: &mut [SeqInput<'_, KvCache>]) -> Result<Tensor, EngineError> {
         let cfg = &self.cfg;
         let mut ids = Vec::new();
@@ -218,8 +220,12 @@ impl Llama {
             });
             ids.extend_from_slice(input.tokens);
             token_pos.extend(start..start + input.tokens.len());
-            if input.logits {
-                last_rows.push((ids.len() - 1) as u32);
+            match input.logits {
+                Logits::None => {}
+                Logits::Last => last_rows.push((ids.len() - 1) as u32),
+                Logits::All => {
+                    last_rows.extend((ids.len() - input.tokens.len()..ids.len()).map(|r| r as u32))
+                }
             }
         }
         let n_tokens = ids.len();
@@ -255,7 +261,7 @@ impl Llama {
                 .collect();
             let attn = attention(cfg, &q, &spans, &caches)?;
             let attn = Tensor::from_vec(attn, (n_tokens, cfg.n_head * cfg.head_dim), &self.device)?;
-            x = (x + block.wo.forward(&attn)?)?;
+            x = add(&x, &block.wo.forward(&attn)?, None, On::Caller)?;
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
             let act = match block.gate_up.as_slice() {
                 [fused] => {
@@ -270,7 +276,7 @@ impl Llama {
                     ))
                 }
             };
-            x = (x + block.down.forward(&act)?)?;
+            x = add(&x, &block.down.forward(&act)?, None, On::Caller)?;
         }
         for input in inputs.iter_mut() {
             input.cache.len += input.tokens.len();

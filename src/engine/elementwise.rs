@@ -1,15 +1,16 @@
-//! The encoder's element-wise sums (residual connections, embedding sums) on the compute pool.
+//! Element-wise sums of f32 tensors (residual connections, embedding sums) computed here rather
+//! than by candle, and borrowing a tensor's values as a slice.
 //!
 //! candle hands element-wise ops on tensors of 64K elements or more (every residual add of a
 //! batch of a few hundred tokens) to its own thread pool, whose worker then spins for about a
-//! millisecond beside the compute pool's threads after every add: a few percent of all CPU time
-//! lost, and two pools competing for the same cores. Here the sum is computed on the compute
-//! pool instead; the arithmetic (one f32 add per element, in the same order) is candle's.
+//! millisecond beside the engine's own threads after every add: a few percent of all CPU time
+//! lost, and two pools competing for the same cores. Here the sum runs on rayon's pool (the
+//! encoder's) or on the calling thread (the decoder's, whose parts run on its step pool); the
+//! arithmetic (one f32 add per element, in the same order) is candle's.
 
 use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::linear::with_f32_slice;
 use crate::engine::EngineError;
 
 /// Elements per parallel part.
@@ -20,9 +21,19 @@ fn plain_f32(t: &Tensor) -> bool {
     t.dtype() == DType::F32 && t.device().is_cpu() && t.is_contiguous()
 }
 
+/// Where [`add`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// Split over rayon's pool.
+    Pool,
+    /// On the calling thread.
+    Caller,
+}
+
 /// `a + b` for tensors of one shape; `+ row` broadcast over the last dimension too when given
 /// (`row` has that dimension's length), added after `a + b` as candle's `(a + b) + row` would.
-pub fn add(a: &Tensor, b: &Tensor, row: Option<&Tensor>) -> Result<Tensor, EngineError> {
+/// Tensors that are not contiguous f32 on the CPU go through candle.
+pub fn add(a: &Tensor, b: &Tensor, row: Option<&Tensor>, on: On) -> Result<Tensor, EngineError> {
     let width = a.dims().last().copied().unwrap_or(1).max(1);
     let row_fits = row.is_none_or(|r| plain_f32(r) && r.elem_count() == width);
     if !(plain_f32(a) && plain_f32(b) && a.dims() == b.dims() && row_fits) {
@@ -40,24 +51,44 @@ pub fn add(a: &Tensor, b: &Tensor, row: Option<&Tensor>) -> Result<Tensor, Engin
     let mut out = Vec::with_capacity(a.elem_count());
     let part = PART.div_ceil(width) * width;
     with_f32_slice(a, |a| {
-        with_f32_slice(b, |b| {
-            a.par_iter()
+        with_f32_slice(b, |b| match on {
+            On::Pool => a
+                .par_iter()
                 .zip(b.par_iter())
                 .with_min_len(part)
                 .map(|(&x, &y)| x + y)
-                .collect_into_vec(&mut out)
+                .collect_into_vec(&mut out),
+            On::Caller => out.extend(a.iter().zip(b).map(|(&x, &y)| x + y)),
         })
     })??;
-    if !row.is_empty() {
-        out.par_chunks_mut(part).for_each(|rows| {
-            for out in rows.chunks_exact_mut(width) {
-                for (o, &r) in out.iter_mut().zip(&row) {
-                    *o += r;
-                }
+    let add_row = |rows: &mut [f32]| {
+        for out in rows.chunks_exact_mut(width) {
+            for (o, &r) in out.iter_mut().zip(&row) {
+                *o += r;
             }
-        });
+        }
+    };
+    match (row.is_empty(), on) {
+        (true, _) => {}
+        (false, On::Pool) => out.par_chunks_mut(part).for_each(add_row),
+        (false, On::Caller) => add_row(&mut out),
     }
     Ok(Tensor::from_vec(out, a.dims(), a.device())?)
+}
+
+/// Runs `f` on `x`'s values as one contiguous f32 slice: borrowed from the tensor's storage
+/// when it already is one (no copy), else converted.
+pub fn with_f32_slice<T>(x: &Tensor, f: impl FnOnce(&[f32]) -> T) -> Result<T, EngineError> {
+    if x.dtype() == DType::F32 && x.is_contiguous() {
+        let (storage, layout) = x.storage_and_layout();
+        if let candle_core::Storage::Cpu(cpu) = &*storage {
+            let all = cpu.as_slice::<f32>()?;
+            let start = layout.start_offset();
+            return Ok(f(&all[start..start + x.elem_count()]));
+        }
+    }
+    let data = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(f(&data))
 }
 
 #[cfg(test)]
@@ -89,13 +120,15 @@ mod tests {
                     .map(|v| v.to_bits())
                     .collect()
             };
-            let want = (&a + &b).unwrap();
-            assert_eq!(bits(&add(&a, &b, None).unwrap()), bits(&want));
-            let want = want.broadcast_add(&r).unwrap();
-            assert_eq!(bits(&add(&a, &b, Some(&r)).unwrap()), bits(&want));
-            // A non-contiguous operand takes candle's path, with the same result.
-            let bt = b.t().unwrap().contiguous().unwrap().t().unwrap();
-            assert_eq!(bits(&add(&a, &bt, Some(&r)).unwrap()), bits(&want));
+            for on in [On::Pool, On::Caller] {
+                let want = (&a + &b).unwrap();
+                assert_eq!(bits(&add(&a, &b, None, on).unwrap()), bits(&want));
+                let want = want.broadcast_add(&r).unwrap();
+                assert_eq!(bits(&add(&a, &b, Some(&r), on).unwrap()), bits(&want));
+                // A non-contiguous operand takes candle's path, with the same result.
+                let bt = b.t().unwrap().contiguous().unwrap().t().unwrap();
+                assert_eq!(bits(&add(&a, &bt, Some(&r), on).unwrap()), bits(&want));
+            }
         }
     }
 }
