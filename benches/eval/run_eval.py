@@ -105,6 +105,8 @@ def main():
     p.add_argument("--out", default=str(ROOT / "target/eval"))
     p.add_argument("--limit", type=int)
     args = p.parse_args()
+    args.binary = str(Path(args.binary).resolve())
+    args.lm_eval = str(Path(args.lm_eval).resolve())
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows = [run_one(args, precision, out) for precision in args.precisions.split(",")]
