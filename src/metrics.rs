@@ -61,6 +61,9 @@ pub const DEVICE_POWER: &str = "wattserve_device_power_watts";
 pub const ENERGY_SETTLE_FALLBACKS: &str = "wattserve_energy_settle_fallbacks_total";
 /// Failed readings of an energy source, by device.
 pub const ENERGY_READ_FAILURES: &str = "wattserve_energy_read_failures_total";
+/// Energy sources lost for good (a GPU that fell off the bus), after which the estimate meters
+/// the device.
+pub const ENERGY_SOURCE_LOST: &str = "wattserve_energy_source_lost_total";
 /// Energy per successful request, joules.
 pub const ENERGY_PER_REQUEST: &str = "wattserve_energy_per_request_joules";
 
@@ -172,6 +175,11 @@ pub fn record_settle_fallback(model: &str) {
 /// Counts a failed reading of an energy source.
 pub fn record_read_failure(device: &str) {
     counter!(ENERGY_READ_FAILURES, "device" => device.to_string()).increment(1);
+}
+
+/// Counts a device's energy source lost for good (`wattserve_energy_source_lost_total{device}`).
+pub fn record_source_lost(device: &str) {
+    counter!(ENERGY_SOURCE_LOST, "device" => device.to_string()).increment(1);
 }
 
 /// Sets `wattserve_device_power_watts{device}`.
@@ -347,6 +355,11 @@ fn describe() {
         ENERGY_READ_FAILURES,
         Unit::Count,
         "Failed readings of an energy source, by device"
+    );
+    describe_counter!(
+        ENERGY_SOURCE_LOST,
+        Unit::Count,
+        "Energy sources lost for good (a GPU that fell off the bus), after which the estimate meters the device"
     );
     describe_histogram!(
         TIME_TO_FIRST_TOKEN,

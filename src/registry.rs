@@ -160,21 +160,25 @@ impl Registry {
                 .with_classes(config.energy_class.clone()),
         );
         for entry in entries {
-            let meter =
-                if config.energy.enabled && entry.metered {
-                    let meter = meter_for(entry.spec.device, config, &pricing, &mut meters)
-                        .map_err(|e| LoadError {
-                            model: entry.spec.name.clone(),
-                            file: entry.file.clone(),
-                            source: Box::new(EngineError::Unsupported(format!(
-                                "energy.source = \"{}\": {e}",
-                                config.energy.source.as_str()
-                            ))),
-                        })?;
-                    Some(meter)
-                } else {
-                    None
-                };
+            let meter = if config.energy.enabled && entry.metered {
+                let meter = meter_for(
+                    entry.spec.metered_device.unwrap_or(entry.spec.device),
+                    config,
+                    &pricing,
+                    &mut meters,
+                )
+                .map_err(|e| LoadError {
+                    model: entry.spec.name.clone(),
+                    file: entry.file.clone(),
+                    source: Box::new(EngineError::Unsupported(format!(
+                        "energy.source = \"{}\": {e}",
+                        config.energy.source.as_str()
+                    ))),
+                })?;
+                Some(meter)
+            } else {
+                None
+            };
             let served = load_one(entry, meter).map_err(|source| LoadError {
                 model: entry.spec.name.clone(),
                 file: entry.file.clone(),

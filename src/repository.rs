@@ -124,6 +124,12 @@ pub struct ModelSpec {
     /// cpu | cuda | cuda:N. Default cpu.
     #[serde(default)]
     pub device: DeviceSpec,
+    /// The device whose energy source meters this model; default `device`. A test and
+    /// diagnostic setting: a model computing on the CPU with `metered_device = "cuda:1"` is
+    /// charged what GPU 1's NVML reports, energy it did not spend (used to exercise the NVML
+    /// path end to end on machines without a GPU, with a stand-in NVML library).
+    #[serde(default)]
+    pub metered_device: Option<DeviceSpec>,
     /// Embeddings: mean | cls | max; default from the sentence-transformers files.
     #[serde(default)]
     pub pooling: Option<PoolingMode>,

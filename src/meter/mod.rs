@@ -115,6 +115,11 @@ pub struct BatchTicket {
 
 struct Inner {
     source: Box<dyn EnergySource>,
+    /// Added to the source's readings: the energy read before a lost source was replaced by the
+    /// estimate, so that the ledger's readings stay monotonic across the hand-over.
+    offset: f64,
+    /// The last reading the ledger got (offset included).
+    last_reading: f64,
     ledger: Ledger,
     /// Model of each open batch, for the per-model totals.
     models: HashMap<BatchId, String>,
@@ -125,6 +130,10 @@ struct Inner {
 pub struct Meter {
     inner: Mutex<Inner>,
     method: &'static str,
+    /// The source was lost and the estimate meters the device instead.
+    lost: std::sync::atomic::AtomicBool,
+    /// What the estimate that takes over from a lost source is made of.
+    estimate: estimate::EstimateParams,
     device: String,
     pricing: Arc<Pricing>,
     settle_timeout: Duration,
@@ -143,18 +152,22 @@ impl Meter {
         let meter = Arc::new(Self {
             inner: Mutex::new(Inner {
                 source,
+                offset: 0.0,
+                last_reading: 0.0,
                 ledger: Ledger::new(cfg.attribute_idle),
                 models: HashMap::new(),
                 read_failures: 0,
             }),
             method,
+            lost: std::sync::atomic::AtomicBool::new(false),
+            estimate: estimate_params(cfg),
             device,
             pricing,
             settle_timeout: Duration::from_millis(cfg.settle_timeout_ms),
             // The estimate's model for a batch that keeps every compute thread busy.
             fallback_watts: cfg.cpu_watts_per_core * rayon::current_num_threads() as f64,
         });
-        meter.sample(Instant::now());
+        meter.sample();
         let weak = Arc::downgrade(&meter);
         let interval = Duration::from_millis(cfg.sample_interval_ms);
         let spawned = std::thread::Builder::new()
@@ -183,9 +196,13 @@ impl Meter {
         })
     }
 
-    /// `x-energy-source`: how this meter measures.
+    /// `x-energy-source`: how this meter measures (`estimate` once its source was lost).
     pub fn method(&self) -> &'static str {
-        self.method
+        if self.lost.load(std::sync::atomic::Ordering::Relaxed) {
+            "estimate"
+        } else {
+            self.method
+        }
     }
 
     /// The device label.
@@ -198,22 +215,31 @@ impl Meter {
         &self.pricing
     }
 
-    /// Reads the counter and registers a batch of `weight` tokens for `model`.
+    /// Reads the counter and registers a batch of `weight` tokens for `model`, starting at the
+    /// reading (the energy up to it is not the batch's).
     pub fn begin_batch(&self, model: &str, weight: f64) -> Option<BatchTicket> {
         let mut inner = self.lock();
-        let now = Instant::now();
-        self.ingest(&mut inner, now);
-        let (id, energy) = inner.ledger.begin(now, weight);
+        let read = self.read(&mut inner);
+        if let Some((at, reading)) = read {
+            self.ingest(&mut inner, at, reading);
+        }
+        let at = read.map_or_else(Instant::now, |(at, _)| at);
+        let (id, energy) = inner.ledger.begin(at, weight);
         inner.models.insert(id, model.to_string());
         Some(BatchTicket { id, energy })
     }
 
-    /// Marks the batch ended and reads the counter (which settles it if the counter moved).
+    /// Reads the counter and marks the batch ended at the reading (which settles it if the
+    /// counter moved).
     pub fn end_batch(&self, ticket: &BatchTicket) {
         let mut inner = self.lock();
-        let now = Instant::now();
-        inner.ledger.end(ticket.id, now);
-        self.ingest(&mut inner, now);
+        match self.read(&mut inner) {
+            Some((at, reading)) => {
+                inner.ledger.end(ticket.id, at);
+                self.ingest(&mut inner, at, reading);
+            }
+            None => inner.ledger.end(ticket.id, Instant::now()),
+        }
     }
 
     /// Ledger totals (for tests and diagnostics).
@@ -221,28 +247,47 @@ impl Meter {
         Some(self.lock().ledger.totals())
     }
 
-    fn sample(&self, now: Instant) -> bool {
+    fn sample(&self) -> bool {
         let mut inner = self.lock();
-        self.ingest(&mut inner, now);
+        if let Some((at, reading)) = self.read(&mut inner) {
+            self.ingest(&mut inner, at, reading);
+        }
         inner.ledger.awaiting_counter()
     }
 
-    fn ingest(&self, inner: &mut Inner, now: Instant) {
-        let reading = match inner.source.read() {
-            Ok(j) => j,
+    /// Reads the source: the reading and when it was taken (as the read returns, so that a
+    /// source integrating power over its own read times and the ledger's intervals agree).
+    /// `None` when the read failed (logged once, counted) or the source was just lost (the
+    /// estimate takes over from the energy read so far).
+    fn read(&self, inner: &mut Inner) -> Option<(Instant, f64)> {
+        match inner.source.read() {
+            Ok(j) => Some((Instant::now(), inner.offset + j)),
+            Err(SourceError::Lost(e)) => {
+                tracing::error!(device = %self.device, "energy: {e}; the estimate meters {} from now on (x-energy-source: estimate)", self.device);
+                crate::metrics::record_source_lost(&self.device);
+                inner.offset = inner.last_reading;
+                inner.source = estimate_source(self.estimate);
+                self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
             Err(e) => {
                 if inner.read_failures == 0 {
                     tracing::warn!(device = %self.device, "energy: reading failed ({e}); retrying on every sample");
                 }
                 inner.read_failures += 1;
                 crate::metrics::record_read_failure(&self.device);
-                return;
+                None
             }
-        };
+        }
+    }
+
+    /// Hands a reading taken at `at` to the ledger and counts what it closes in the metrics.
+    fn ingest(&self, inner: &mut Inner, at: Instant, reading: f64) {
+        inner.last_reading = reading;
         let Inner { ledger, models, .. } = inner;
         let pricing = &self.pricing;
-        let method = self.method;
-        let closed = ledger.ingest_with(now, reading, &mut |id, energy| {
+        let method = self.method();
+        let closed = ledger.ingest_with(at, reading, &mut |id, energy| {
             if let Some(model) = models.remove(&id) {
                 m::add_float(
                     m::ENERGY,
@@ -281,7 +326,7 @@ fn sampler(meter: Weak<Meter>, interval: Duration) {
         let Some(meter) = meter.upgrade() else {
             return;
         };
-        let awaiting = meter.sample(Instant::now());
+        let awaiting = meter.sample();
         wait = if awaiting {
             interval.min(Duration::from_millis(10))
         } else {
@@ -290,21 +335,29 @@ fn sampler(meter: Weak<Meter>, interval: Duration) {
     }
 }
 
+/// The estimate's parameters from `[energy]`.
+fn estimate_params(cfg: &EnergyConfig) -> estimate::EstimateParams {
+    estimate::EstimateParams {
+        cpu_watts_per_core: cfg.cpu_watts_per_core,
+        dram_watts_per_gb: cfg.dram_watts_per_gb,
+    }
+}
+
+/// The CPU-time estimate of this process's energy.
+fn estimate_source(params: estimate::EstimateParams) -> Box<dyn EnergySource> {
+    Box::new(estimate::EstimateSource::new(
+        params,
+        Box::new(estimate::KernelProbe::new()),
+    ))
+}
+
 /// Picks the energy source for a device as `energy.source` says. Returns the source and the
 /// lines explaining each source that could not start (logged by the caller, one line each).
 pub fn select_source(
     cfg: &EnergyConfig,
     device: DeviceSpec,
 ) -> Result<(Box<dyn EnergySource>, Vec<String>), SourceError> {
-    let estimate = || -> Box<dyn EnergySource> {
-        Box::new(estimate::EstimateSource::new(
-            estimate::EstimateParams {
-                cpu_watts_per_core: cfg.cpu_watts_per_core,
-                dram_watts_per_gb: cfg.dram_watts_per_gb,
-            },
-            Box::new(estimate::KernelProbe::new()),
-        ))
-    };
+    let estimate = || estimate_source(estimate_params(cfg));
     let rapl = || -> Result<Box<dyn EnergySource>, SourceError> {
         let share = cfg
             .rapl_process_share
@@ -319,13 +372,16 @@ pub fn select_source(
         SourceChoice::Estimate => Ok((estimate(), Vec::new())),
         SourceChoice::Rapl => Ok((rapl()?, Vec::new())),
         SourceChoice::Nvml => Ok((
-            Box::new(nvml::NvmlSource::open(gpu_index.unwrap_or(0))?),
+            Box::new(nvml::NvmlSource::open(
+                gpu_index.unwrap_or(0),
+                cfg.nvml_library.as_deref(),
+            )?),
             Vec::new(),
         )),
         SourceChoice::Auto => {
             let mut skipped = Vec::new();
             match gpu_index {
-                Some(i) => match nvml::NvmlSource::open(i) {
+                Some(i) => match nvml::NvmlSource::open(i, cfg.nvml_library.as_deref()) {
                     Ok(s) => return Ok((Box::new(s), skipped)),
                     Err(e) => skipped.push(format!(
                         "energy: NVML cannot meter cuda:{i}: {e}; using the estimate"
@@ -361,7 +417,7 @@ mod tests {
             "{skipped:?}"
         );
         // No NVIDIA driver here: NVML fails, auto falls back, one line.
-        if nvml::NvmlSource::open(0).is_err() {
+        if nvml::NvmlSource::open(0, None).is_err() {
             let (source, skipped) = select_source(&cfg, DeviceSpec::Cuda(0)).unwrap();
             assert_eq!(source.method(), "estimate");
             assert_eq!(skipped.len(), 1);

@@ -46,6 +46,9 @@ pub struct EnergyConfig {
     pub attribute_idle: bool,
     /// Root of the powercap tree (RAPL).
     pub powercap_root: PathBuf,
+    /// The NVML library to load (NVIDIA's `libnvidia-ml.so`, found by the dynamic loader, when
+    /// unset): for containers and systems that keep it elsewhere, and for a stand-in in tests.
+    pub nvml_library: Option<PathBuf>,
     /// RAPL: charge this process only its CPU-time share of the package energy.
     pub rapl_process_share: bool,
     /// Estimate: watts per fully busy core (TDP / cores of your CPU).
@@ -66,6 +69,7 @@ impl Default for EnergyConfig {
             sample_interval_ms: 1000,
             attribute_idle: false,
             powercap_root: PathBuf::from("/sys/class/powercap"),
+            nvml_library: None,
             rapl_process_share: true,
             cpu_watts_per_core: 12.0,
             dram_watts_per_gb: 0.3725,

@@ -12,6 +12,10 @@ pub enum SourceError {
     /// A reading failed or made no sense.
     #[error("{0}")]
     Read(String),
+    /// The device is gone for good (NVML's `GPU_IS_LOST`): no later reading will succeed, so the
+    /// meter hands over to the estimate.
+    #[error("{0}")]
+    Lost(String),
 }
 
 /// A device's energy counter, as seen by this process.

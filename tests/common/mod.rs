@@ -291,11 +291,21 @@ pub type Output = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 /// output so far and to come.
 #[allow(dead_code)]
 pub async fn spawn_server(config: &std::path::Path) -> (std::process::Child, String, Output) {
+    spawn_server_with_env(config, &[]).await
+}
+
+/// [`spawn_server`] with more environment variables for the server.
+#[allow(dead_code)]
+pub async fn spawn_server_with_env(
+    config: &std::path::Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> (std::process::Child, String, Output) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_wattserve"))
         .args(["serve", "--config"])
         .arg(config)
+        .envs(env.iter().copied())
         .env("WATTSERVE_LOG", "info")
         .env_remove("WATTSERVE_PORT")
         .env_remove("WATTSERVE_MODELS")
