@@ -384,6 +384,10 @@ fn describe() {
 /// Observes one finished completion's time to first token and, when it has more than one
 /// token, its mean time per output token after the first.
 pub fn record_generation(model: &str, ttft: Duration, tokens: usize, total: Duration) {
+    // A request that only scored its prompt (`echo`, `max_tokens: 0`) has no first token.
+    if tokens == 0 {
+        return;
+    }
     histogram!(TIME_TO_FIRST_TOKEN, "model" => model.to_string()).record(ttft.as_secs_f64());
     if tokens > 1 && total > ttft {
         let per = (total - ttft).as_secs_f64() / (tokens - 1) as f64;
