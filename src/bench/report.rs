@@ -338,23 +338,9 @@ fn quality_table(r: &BenchReport) -> String {
     out
 }
 
-/// Renders the report as a plain-text table.
-pub fn table(r: &BenchReport) -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "target: {}   inputs: {} distinct, {} per request   threads: {}   load average: {} -> {}\n",
-        r.target,
-        r.distinct_inputs,
-        r.inputs_per_request,
-        r.threads.map_or("n/a".into(), |t| if t == 0 {
-            "all cores".into()
-        } else {
-            t.to_string()
-        }),
-        fmt_load(r.load_average_start),
-        fmt_load(r.load_average_end),
-    ));
-    out.push_str(&format!(
+/// The column headers of the embedding levels' table.
+fn level_header() -> String {
+    format!(
         "{:<22} {:>10} {:>9} {:>9} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>9} {:>8} {:>8}  {}\n",
         "model",
         "load",
@@ -371,7 +357,29 @@ pub fn table(r: &BenchReport) -> String {
         "err p99",
         "mJ/req",
         "errors"
+    )
+}
+
+/// Renders the report as a plain-text table.
+pub fn table(r: &BenchReport) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "target: {}   inputs: {} distinct, {} per request   threads: {}   load average: {} -> {}\n",
+        r.target,
+        r.distinct_inputs,
+        r.inputs_per_request,
+        r.threads.map_or("n/a".into(), |t| if t == 0 {
+            "all cores".into()
+        } else {
+            t.to_string()
+        }),
+        fmt_load(r.load_average_start),
+        fmt_load(r.load_average_end),
     ));
+    // The embedding levels' header, only when there are embedding levels.
+    if !r.levels.is_empty() {
+        out.push_str(&level_header());
+    }
     for l in &r.levels {
         let errors = if l.errors.is_empty() && l.not_sent == 0 {
             "-".to_string()
@@ -531,4 +539,48 @@ pub struct GenLevelReport {
     pub joules_per_token: Option<f64>,
     /// `x-energy-source` of the figures.
     pub energy_source: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> BenchReport {
+        BenchReport {
+            target: "in-process".into(),
+            load_average_start: None,
+            load_average_end: None,
+            threads: Some(2),
+            distinct_inputs: 1,
+            inputs_per_request: 1,
+            ceilings: Vec::new(),
+            accuracy: Vec::new(),
+            levels: Vec::new(),
+            generation: Vec::new(),
+            perplexity: Vec::new(),
+            energy_labels: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_run_without_embedding_levels_prints_no_embedding_header_and_the_quality_table() {
+        let mut r = report();
+        assert!(!table(&r).contains("in/CPU-s"));
+        r.perplexity.push(PerplexityReport {
+            model: "smollm2".into(),
+            precision: "int8".into(),
+            context: 512,
+            chunks: 2,
+            scored_tokens: 510,
+            perplexity: 18.5,
+            stderr: 0.9,
+            scored_tokens_per_s: 300.0,
+            joules_per_1k_scored: Some(51.8),
+            energy_source: Some("estimate".into()),
+        });
+        let text = table(&r);
+        assert!(text.contains("18.5000 ± 0.9000"), "{text}");
+        assert!(text.contains("51.80"), "{text}");
+        assert!(text.contains("energy source: estimate"), "{text}");
+    }
 }
