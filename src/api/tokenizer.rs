@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::handler::{find_model, tokenize_blocking};
 use super::json::JsonBody;
+use super::openai::completions::validate::check_prompt_bytes;
 use super::{ApiError, AppState};
 use crate::registry::{GenerationServing, ServedModel};
 
@@ -125,17 +126,7 @@ pub async fn tokenize(
     JsonBody(req): JsonBody<TokenizeRequest>,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let (_, gen) = generation_model(&state, req.model.as_deref())?;
-    let max = state.limits().max_input_bytes;
-    if req.prompt.len() > max {
-        return Err(ApiError::bad_request(
-            "invalid_prompt",
-            format!(
-                "The prompt is {} bytes long, more than the limit of {max} (limits.max_input_bytes)",
-                req.prompt.len()
-            ),
-        )
-        .with_param("prompt"));
-    }
+    check_prompt_bytes(req.prompt.len(), state.limits(), "prompt")?;
     let engine = gen.engine.clone();
     let max_model_len = engine.context_len();
     let tokens = tokenize_blocking(&state, move || {

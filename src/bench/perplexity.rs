@@ -149,36 +149,20 @@ pub async fn tokenize(
     text: &str,
 ) -> Result<(Vec<u32>, Option<u32>), BenchError> {
     let fail = |e: String| BenchError::Target(format!("perplexity, {model}: {e}"));
-    let get = |resp: reqwest::Response| async move {
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
-        if status.is_success() {
-            Ok(v)
-        } else {
-            Err(format!("{status}: {}", v["error"]["message"]))
-        }
-    };
-    let info = client
-        .get(format!("{base}/tokenizer_info"))
-        .query(&[("model", model)])
-        .send()
-        .await
-        .map_err(|e| fail(e.to_string()))?;
-    let info = get(info)
-        .await
-        .map_err(|e| fail(format!("/tokenizer_info: {e}")))?;
+    let info = json_of(
+        client
+            .get(format!("{base}/tokenizer_info"))
+            .query(&[("model", model)]),
+    )
+    .await
+    .map_err(|e| fail(format!("/tokenizer_info: {e}")))?;
     let mut tokens: Vec<u32> = Vec::new();
     for (i, piece) in pieces(text, TOKENIZE_PIECE).into_iter().enumerate() {
-        let resp = client
-            .post(format!("{base}/tokenize"))
-            .json(&serde_json::json!({"model": model, "prompt": piece,
-                                     "add_special_tokens": i == 0}))
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let v = get(resp)
-            .await
-            .map_err(|e| fail(format!("/tokenize: {e}")))?;
+        let v = json_of(client.post(format!("{base}/tokenize")).json(
+            &serde_json::json!({"model": model, "prompt": piece, "add_special_tokens": i == 0}),
+        ))
+        .await
+        .map_err(|e| fail(format!("/tokenize: {e}")))?;
         let ids: Vec<u32> = serde_json::from_value(v["tokens"].clone())
             .map_err(|e| fail(format!("/tokenize: {e}")))?;
         tokens.extend(ids);
@@ -188,6 +172,19 @@ pub async fn tokenize(
         _ => None,
     };
     Ok((tokens, bos))
+}
+
+/// Sends `request` and reads its JSON answer; a failed request, or an error status with the
+/// server's message, as text.
+async fn json_of(request: reqwest::RequestBuilder) -> Result<serde_json::Value, String> {
+    let resp = request.send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+    if status.is_success() {
+        Ok(v)
+    } else {
+        Err(format!("{status}: {}", v["error"]["message"]))
+    }
 }
 
 /// The precision `base` serves `model` at, from its model card.
@@ -221,20 +218,12 @@ pub async fn measure(
     let started = Instant::now();
     for (i, chunk) in chunks.iter().enumerate() {
         let fail = |e: String| BenchError::Target(format!("perplexity, {model}, chunk {i}: {e}"));
-        let resp = client
-            .post(format!("{base}/v1/completions"))
-            .json(
-                &serde_json::json!({"model": model, "prompt": chunk, "max_tokens": 0,
-                                     "echo": true, "logprobs": 0}),
-            )
-            .send()
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let status = resp.status();
-        let v: serde_json::Value = resp.json().await.map_err(|e| fail(e.to_string()))?;
-        if !status.is_success() {
-            return Err(fail(format!("{status}: {}", v["error"]["message"])));
-        }
+        let v = json_of(client.post(format!("{base}/v1/completions")).json(
+            &serde_json::json!({"model": model, "prompt": chunk, "max_tokens": 0,
+                                "echo": true, "logprobs": 0}),
+        ))
+        .await
+        .map_err(fail)?;
         let logprobs: Vec<Option<f64>> = v["choices"][0]["logprobs"]["token_logprobs"]
             .as_array()
             .ok_or_else(|| fail("no token_logprobs in the response".into()))?

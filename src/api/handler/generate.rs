@@ -37,6 +37,8 @@ pub struct Prepared<'a> {
     pub prompt: FittingPrompt,
     /// Where its prompt and output lengths go when it ends (drift monitoring), when on.
     pub drift: Option<crate::drift::Drift>,
+    /// The prompt to echo, with `echo`.
+    pub echo: Option<Echo>,
 }
 
 /// Finds the model, validates the request as `endpoint` reads it (`raw_prompt` is `messages`
@@ -53,7 +55,23 @@ pub async fn prepare<'a>(
     let validate::Request { plan, prompt } =
         validate::request(endpoint, fields, raw_prompt, state.limits())?;
     let engine = gen.engine.clone();
-    let ids = tokenize_blocking(state, move || tokenize(&engine, prompt)).await?;
+    let echo = plan.echo;
+    let (ids, echo) = tokenize_blocking(state, move || {
+        let ids = tokenize(&engine, prompt)?;
+        // The echoed text is the prompt's tokens decoded (CPU work, on this pool too).
+        let echo = match (echo, ids.first()) {
+            (true, Some(&first_token)) => Some(Echo {
+                text: engine
+                    .tokenizer()
+                    .decode(&ids, false)
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+                first_token,
+            }),
+            _ => None,
+        };
+        Ok::<_, ApiError>((ids, echo))
+    })
+    .await?;
     let prompt = validate::check_context(gen, ids, &plan, endpoint)?;
     crate::metrics::record_tokens(&model.name, "prompt", prompt.len());
     Ok(Prepared {
@@ -62,6 +80,7 @@ pub async fn prepare<'a>(
         gen,
         plan,
         prompt,
+        echo,
     })
 }
 
@@ -101,18 +120,6 @@ impl<'a> Prepared<'a> {
         let (tx, rx) = unbounded_channel();
         let (abandoned_tx, abandoned) = oneshot::channel();
         let prompt_tokens = self.prompt.len();
-        let echo = if self.plan.echo {
-            let text = self
-                .gen
-                .engine
-                .tokenizer()
-                .decode(self.prompt.ids(), false)
-                .map_err(|e| ApiError::internal(e.to_string()))?;
-            let first_token = self.prompt.ids().first().copied().unwrap_or_default();
-            Some(Echo { text, first_token })
-        } else {
-            None
-        };
         let job = GenerationJob {
             max_new_tokens: self.prompt.max_new_tokens(),
             prompt: self.prompt.into_ids(),
@@ -135,7 +142,7 @@ impl<'a> Prepared<'a> {
             abandoned,
             prompt_tokens,
             drift: self.drift,
-            echo,
+            echo: self.echo,
         })
     }
 }
@@ -213,14 +220,13 @@ impl<'a> Submitted<'a> {
     /// Collects the whole completion and settles its energy.
     pub async fn complete(mut self) -> Result<Completed<'a>, ApiError> {
         let mut text = String::new();
-        let mut prompt_logprobs = Vec::new();
+        // The prompt's (which come first, with echo), then the generated tokens'.
         let mut logprobs = Vec::new();
         let shaper = self.logprob_shaper();
         let done = loop {
             match self.events.recv().await {
                 Some(GenEvent::Text(piece)) => text.push_str(&piece),
-                Some(GenEvent::PromptLogprobs(l)) => prompt_logprobs = l,
-                Some(GenEvent::Logprobs(l)) => logprobs.extend(l),
+                Some(GenEvent::PromptLogprobs(l) | GenEvent::Logprobs(l)) => logprobs.extend(l),
                 Some(GenEvent::Finished(done)) => break done,
                 Some(GenEvent::Failed(e)) => return Err(e.into()),
                 None => return Err(ApiError::internal("the compute thread stopped")),
@@ -238,7 +244,6 @@ impl<'a> Submitted<'a> {
             energy,
             echo: self.echo,
             shaper,
-            prompt_logprobs,
             logprobs,
         })
     }
@@ -258,9 +263,7 @@ pub struct Completed<'a> {
     pub echo: Option<Echo>,
     /// Shapes the log-probabilities, when asked for.
     shaper: Option<LogprobShaper>,
-    /// The prompt's log-probabilities (tokens 1..), with `echo` and `logprobs`.
-    prompt_logprobs: Vec<TokenLogprob>,
-    /// The generated tokens' log-probabilities, with `logprobs`.
+    /// With `logprobs`: the prompt's (tokens 1.., with `echo`), then the generated tokens'.
     logprobs: Vec<TokenLogprob>,
 }
 
@@ -276,18 +279,12 @@ impl Completed<'_> {
     /// The choice's `logprobs` as `endpoint` shapes them (the echoed prompt's first), when
     /// asked for.
     pub fn choice_logprobs(&mut self, endpoint: Endpoint) -> Option<ChoiceLogprobs> {
-        let shaper = self.shaper.as_mut()?;
-        Some(match endpoint {
-            Endpoint::Chat => ChoiceLogprobs::Chat(shaper.chat(&self.logprobs)),
-            Endpoint::Completions => {
-                let mut out = match &self.echo {
-                    Some(echo) => shaper.text(Some(echo.first_token), &self.prompt_logprobs),
-                    None => Default::default(),
-                };
-                out.append(shaper.text(None, &self.logprobs));
-                ChoiceLogprobs::Text(out)
-            }
-        })
+        let first = self.echo.as_ref().map(|e| e.first_token);
+        Some(
+            self.shaper
+                .as_mut()?
+                .choice(endpoint, first, &self.logprobs),
+        )
     }
 
     /// What the usage ledger records of it.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
+use super::wire::Endpoint;
 use crate::engine::TokenLogprob;
 
 /// The lowest log-probability shown: JSON has no infinity, and OpenAI shows impossible tokens
@@ -49,16 +50,6 @@ pub struct TextLogprobs {
     /// The `logprobs` most likely tokens at each position, plus the chosen one when it is not
     /// among them (so up to `logprobs + 1` entries); `null` where `token_logprobs` is.
     pub top_logprobs: Vec<Option<TopLogprobs>>,
-}
-
-impl TextLogprobs {
-    /// Appends `more`'s tokens after these.
-    pub fn append(&mut self, more: TextLogprobs) {
-        self.text_offset.extend(more.text_offset);
-        self.token_logprobs.extend(more.token_logprobs);
-        self.tokens.extend(more.tokens);
-        self.top_logprobs.extend(more.top_logprobs);
-    }
 }
 
 /// An object of token text → log-probability, most likely first.
@@ -138,6 +129,20 @@ impl LogprobShaper {
     fn text_of(&self, token: u32) -> (String, Vec<u8>) {
         let bytes = (self.bytes_of)(token);
         (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    }
+
+    /// `endpoint`'s object for `tokens` (after an echoed prompt's first token `first`, which
+    /// only completions show): what a whole answer and each stream chunk carry.
+    pub fn choice(
+        &mut self,
+        endpoint: Endpoint,
+        first: Option<u32>,
+        tokens: &[TokenLogprob],
+    ) -> ChoiceLogprobs {
+        match endpoint {
+            Endpoint::Chat => ChoiceLogprobs::Chat(self.chat(tokens)),
+            Endpoint::Completions => ChoiceLogprobs::Text(self.text(first, tokens)),
+        }
     }
 
     /// The completions object for `tokens`, after an echoed prompt's first token `first`

@@ -111,10 +111,7 @@ impl StreamState {
             return None;
         }
         let tokens = std::mem::take(&mut self.pending);
-        Some(match self.rid.endpoint {
-            Endpoint::Chat => ChoiceLogprobs::Chat(shaper.chat(&tokens)),
-            Endpoint::Completions => ChoiceLogprobs::Text(shaper.text(first, &tokens)),
-        })
+        Some(shaper.choice(self.rid.endpoint, first, &tokens))
     }
 
     /// Reads the next event of the sequence (or opens a chat stream) and queues its chunks.

@@ -173,16 +173,26 @@ pub fn request(
             .sum(),
         Prompt::Tokens(_) => 0,
     };
+    check_prompt_bytes(bytes, limits, endpoint.prompt_param())?;
+    Ok(Request { plan, prompt })
+}
+
+/// A prompt of `bytes` bytes (in `param`) within `limits.max_input_bytes`.
+pub fn check_prompt_bytes(
+    bytes: usize,
+    limits: &Limits,
+    param: &'static str,
+) -> Result<(), ValidationError> {
     if bytes > limits.max_input_bytes {
         return Err(ValidationError::prompt(
-            endpoint.prompt_param(),
+            param,
             format!(
                 "The prompt is {bytes} bytes long, more than the limit of {} (limits.max_input_bytes)",
                 limits.max_input_bytes
             ),
         ));
     }
-    Ok(Request { plan, prompt })
+    Ok(())
 }
 
 /// Prompt token ids checked against the model: not empty, inside the vocabulary, and leaving
