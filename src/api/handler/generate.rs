@@ -280,11 +280,7 @@ impl Completed<'_> {
     /// asked for.
     pub fn choice_logprobs(&mut self, endpoint: Endpoint) -> Option<ChoiceLogprobs> {
         let first = self.echo.as_ref().map(|e| e.first_token);
-        Some(
-            self.shaper
-                .as_mut()?
-                .choice(endpoint, first, &self.logprobs),
-        )
+        Some(endpoint.logprobs(self.shaper.as_mut()?, first, &self.logprobs))
     }
 
     /// What the usage ledger records of it.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use super::wire::Endpoint;
 use crate::engine::TokenLogprob;
 
 /// The lowest log-probability shown: JSON has no infinity, and OpenAI shows impossible tokens
@@ -129,20 +128,6 @@ impl LogprobShaper {
     fn text_of(&self, token: u32) -> (String, Vec<u8>) {
         let bytes = (self.bytes_of)(token);
         (String::from_utf8_lossy(&bytes).into_owned(), bytes)
-    }
-
-    /// `endpoint`'s object for `tokens` (after an echoed prompt's first token `first`, which
-    /// only completions show): what a whole answer and each stream chunk carry.
-    pub fn choice(
-        &mut self,
-        endpoint: Endpoint,
-        first: Option<u32>,
-        tokens: &[TokenLogprob],
-    ) -> ChoiceLogprobs {
-        match endpoint {
-            Endpoint::Chat => ChoiceLogprobs::Chat(self.chat(tokens)),
-            Endpoint::Completions => ChoiceLogprobs::Text(self.text(first, tokens)),
-        }
     }
 
     /// The completions object for `tokens`, after an echoed prompt's first token `first`

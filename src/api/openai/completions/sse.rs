@@ -111,7 +111,7 @@ impl StreamState {
             return None;
         }
         let tokens = std::mem::take(&mut self.pending);
-        Some(shaper.choice(self.rid.endpoint, first, &tokens))
+        Some(self.rid.endpoint.logprobs(shaper, first, &tokens))
     }
 
     /// Reads the next event of the sequence (or opens a chat stream) and queues its chunks.

@@ -11,9 +11,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
-use super::logprobs::ChoiceLogprobs;
+use super::logprobs::{ChoiceLogprobs, LogprobShaper};
 use crate::api::usage::UsageEnergy;
 use crate::batch::generation::Finished;
+use crate::engine::TokenLogprob;
 
 /// Which of the two endpoints a request came to: it decides the `object` names, the id prefix,
 /// the metrics label and the parameter that holds the prompt.
@@ -55,6 +56,20 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "chat.completion.chunk",
             Endpoint::Completions => "text_completion",
+        }
+    }
+
+    /// This endpoint's `logprobs` object for `tokens` (after an echoed prompt's first token
+    /// `first`, which only completions show): what a whole answer and each stream chunk carry.
+    pub fn logprobs(
+        self,
+        shaper: &mut LogprobShaper,
+        first: Option<u32>,
+        tokens: &[TokenLogprob],
+    ) -> ChoiceLogprobs {
+        match self {
+            Endpoint::Chat => ChoiceLogprobs::Chat(shaper.chat(tokens)),
+            Endpoint::Completions => ChoiceLogprobs::Text(shaper.text(first, tokens)),
         }
     }
 
