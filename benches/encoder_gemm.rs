@@ -49,6 +49,15 @@ fn gemm(c: &mut Criterion) {
                 PackedDense::bf16(&w, n, k, Some(&bias), Bf16Math::DotProduct),
                 DensePath::detect_bf16(),
             ),
+            (
+                "bf16_amx",
+                PackedDense::bf16(&w, n, k, Some(&bias), Bf16Math::Tiles),
+                if Bf16Math::Tiles.available() {
+                    DensePath::Avx512
+                } else {
+                    DensePath::Scalar
+                },
+            ),
         ] {
             if path == DensePath::Scalar {
                 continue;
@@ -65,7 +74,7 @@ fn gemm(c: &mut Criterion) {
             );
         }
         let packed = PackedWeights::quantize(&w, n, k);
-        for isa in [Isa::Avx512Vnni, Isa::Avx2] {
+        for isa in [Isa::Amx, Isa::Avx512Vnni, Isa::Avx2] {
             if isa.available() {
                 group.bench_with_input(
                     BenchmarkId::new(format!("int8_{}", isa.name()), &id),

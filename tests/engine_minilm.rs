@@ -129,8 +129,10 @@ fn half_precisions_stay_close_to_f32_and_never_nan() {
             .sum::<f64>()
             / items.len() as f64;
         eprintln!("minilm {precision} vs sentence-transformers fp32: mean cosine {mean:.6}, min {worst:.6}");
-        assert!(worst >= 0.99, "{precision}: min cosine {worst}");
-        assert!(mean >= 0.999, "{precision}: mean cosine {mean}");
+        // bf16 on our packed kernels (AMX tiles, `vdpbf16ps` or widened) and f16 through
+        // candle's upcast all stay within 1e-4 of the fp32 reference on every sentence.
+        assert!(worst >= 0.9999, "{precision}: min cosine {worst}");
+        assert!(mean >= 0.99995, "{precision}: mean cosine {mean}");
     }
 }
 

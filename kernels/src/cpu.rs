@@ -47,6 +47,9 @@ pub struct CpuFeatures {
     /// epilogue needs), [`AMX_DISABLE_ENV`] is not `1`, and the OS granted this process the
     /// tile-data permission.
     pub amx_int8: bool,
+    /// AMX-BF16 is usable here: as [`amx_int8`](Self::amx_int8) with the CPU's AMX-BF16 bit, and
+    /// AVX-512 BF16 (which rounds the activations for the tiles).
+    pub amx_bf16: bool,
 }
 
 impl CpuFeatures {
@@ -69,22 +72,26 @@ impl CpuFeatures {
             use std::arch::is_x86_feature_detected as has;
             let (avx512f, avx512bw) = (has!("avx512f"), has!("avx512bw"));
             let amx_hardware = amx_in_cpuid();
+            let amx_bf16_hardware = amx_bf16_in_cpuid();
+            let avx512bf16 = has!("avx512bf16");
+            // Checked in this order so that the OS is asked only when a tile kernel could run.
+            let amx_usable = (amx_hardware || amx_bf16_hardware)
+                && avx512f
+                && avx512bw
+                && !amx_disabled_by_env
+                && amx_permission_granted();
             Self {
                 avx2: has!("avx2"),
                 fma: has!("fma"),
                 avx512f,
                 avx512bw,
                 avx512vnni: has!("avx512vnni"),
-                avx512bf16: has!("avx512bf16"),
+                avx512bf16,
                 avxvnni: has!("avxvnni"),
                 amx_hardware,
                 amx_disabled_by_env,
-                // Checked in this order so that the OS is asked only when the kernel could run.
-                amx_int8: amx_hardware
-                    && avx512f
-                    && avx512bw
-                    && !amx_disabled_by_env
-                    && amx_permission_granted(),
+                amx_int8: amx_hardware && amx_usable,
+                amx_bf16: amx_bf16_hardware && avx512bf16 && amx_usable,
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -120,7 +127,8 @@ impl fmt::Display for CpuFeatures {
         ]
         .into_iter()
         .filter_map(|(has, name)| has.then_some(name))
-        .chain(amx);
+        .chain(amx)
+        .chain(self.amx_bf16.then_some("amx-bf16"));
         let mut any = false;
         for name in names {
             if any {
@@ -159,6 +167,17 @@ fn amx_in_cpuid() -> bool {
     }
     let edx = __cpuid_count(7, 0).edx;
     edx & (1 << 24) != 0 && edx & (1 << 25) != 0
+}
+
+/// CPUID.(EAX=7, ECX=0):EDX bit 24 (AMX-TILE) and bit 22 (AMX-BF16), where leaf 7 exists.
+#[cfg(target_arch = "x86_64")]
+fn amx_bf16_in_cpuid() -> bool {
+    use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
+    if __get_cpuid_max(0).0 < 7 {
+        return false;
+    }
+    let edx = __cpuid_count(7, 0).edx;
+    edx & (1 << 24) != 0 && edx & (1 << 22) != 0
 }
 
 /// Asks Linux for the AMX tile-data permission for this process (all its threads).

@@ -11,6 +11,8 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+#[cfg(target_arch = "x86_64")]
+mod amx_tiles;
 pub mod attention;
 pub mod cpu;
 #[cfg(feature = "cuda")]

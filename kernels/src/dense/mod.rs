@@ -13,6 +13,8 @@
 //! (`acc = fma(x[k], w[k], acc)` for k in order from 0, then `+ bias`, then the epilogue; for bf16
 //! the rounding steps of `vdpbf16ps`, emulated), so SIMD and scalar agree bit for bit (tested).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod bf16;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -100,20 +102,37 @@ pub enum Bf16Math {
     /// than [`DotProduct`](Self::DotProduct). For CPUs that run `vdpbf16ps` at half the FMA rate
     /// or less (Intel's without AMX).
     Widened,
+    /// AMX-BF16 tiles (`tdpbf16ps`), activations rounded to bf16 as for
+    /// [`DotProduct`](Self::DotProduct): 16 × 16 × 32 multiply-adds per instruction where the CPU
+    /// has AMX (Intel Xeons from Sapphire Rapids). Layers whose K is not a multiple of 32 run the
+    /// dot-product code.
+    Tiles,
 }
 
 impl Bf16Math {
-    /// The faster of the two on this CPU, measured once per process (about a millisecond:
-    /// a chain of each instruction on one core, best of three), unless
-    /// [`BF16_MATH_ENV`] names one (`dot` or `widen`). [`Widened`](Self::Widened) without
-    /// AVX-512 BF16.
+    /// [`Tiles`](Self::Tiles) where AMX-BF16 is usable; else the faster of the other two on this
+    /// CPU, measured once per process (about a millisecond: a chain of each instruction on one
+    /// core, best of three); unless [`BF16_MATH_ENV`] names one (`amx`, `dot` or `widen`).
+    /// [`Widened`](Self::Widened) without AVX-512 BF16.
     pub fn detect() -> Bf16Math {
         static CHOICE: std::sync::OnceLock<Bf16Math> = std::sync::OnceLock::new();
         *CHOICE.get_or_init(|| match std::env::var(BF16_MATH_ENV).as_deref() {
+            Ok("amx") if Bf16Math::Tiles.available() => Bf16Math::Tiles,
             Ok("dot") if DensePath::detect_bf16() == DensePath::Avx512 => Bf16Math::DotProduct,
             Ok("widen") => Bf16Math::Widened,
+            _ if Bf16Math::Tiles.available() => Bf16Math::Tiles,
             _ => Self::measure(),
         })
+    }
+
+    /// Whether this CPU can run `self` on the AVX-512 path (every math runs on the scalar
+    /// reference path).
+    pub fn available(self) -> bool {
+        match self {
+            Bf16Math::Widened => DensePath::detect_f32() == DensePath::Avx512,
+            Bf16Math::DotProduct => DensePath::detect_bf16() == DensePath::Avx512,
+            Bf16Math::Tiles => cpu::features().amx_bf16,
+        }
     }
 
     fn measure() -> Bf16Math {
@@ -135,11 +154,13 @@ impl Bf16Math {
         match self {
             Bf16Math::DotProduct => "vdpbf16ps",
             Bf16Math::Widened => "widened-to-f32",
+            Bf16Math::Tiles => "amx-bf16",
         }
     }
 }
 
-/// Environment variable that forces [`Bf16Math`]: `dot` or `widen` (for comparisons; read once).
+/// Environment variable that forces [`Bf16Math`]: `amx`, `dot` or `widen` (for comparisons;
+/// read once; a choice the CPU cannot run is ignored).
 pub const BF16_MATH_ENV: &str = "WATTSERVE_BF16_MATH";
 
 /// The weights of one layer in either element type, packed: panel `p`, K-step `s`, lane `c`
@@ -275,12 +296,8 @@ pub fn linear_dense_into(
     assert_eq!(y.len(), m * w.n, "y must be M × N");
     let available = match (&w.data, path) {
         (_, DensePath::Scalar) => true,
-        (Panels::F32(_) | Panels::Bf16(_, Bf16Math::Widened), DensePath::Avx512) => {
-            DensePath::detect_f32() == DensePath::Avx512
-        }
-        (Panels::Bf16(_, Bf16Math::DotProduct), DensePath::Avx512) => {
-            DensePath::detect_bf16() == DensePath::Avx512
-        }
+        (Panels::F32(_), DensePath::Avx512) => DensePath::detect_f32() == DensePath::Avx512,
+        (Panels::Bf16(_, math), DensePath::Avx512) => math.available(),
     };
     assert!(available, "{path:?} is not available on this CPU");
     if m == 0 || w.n == 0 {
@@ -290,15 +307,43 @@ pub fn linear_dense_into(
     let pairs: Vec<u32>;
     let a = match &w.data {
         Panels::F32(_) | Panels::Bf16(_, Bf16Math::Widened) => Rows::F32(x),
-        Panels::Bf16(_, Bf16Math::DotProduct) => {
+        Panels::Bf16(_, Bf16Math::DotProduct | Bf16Math::Tiles) => {
             pairs = bf16::rows_to_pairs(x, m, w.k, w.steps, path, threads);
             Rows::Bf16(&pairs)
         }
+    };
+    #[cfg(target_arch = "x86_64")]
+    let amx_panels = match (&w.data, &a, path) {
+        (Panels::Bf16(d, Bf16Math::Tiles), Rows::Bf16(pairs), DensePath::Avx512)
+            if w.steps.is_multiple_of(amx::TILE_STEPS) =>
+        {
+            Some((d, pairs))
+        }
+        _ => None,
     };
     let plan = Plan::new(m, w.panels, threads);
     let out = OutPtr(y.as_mut_ptr());
     let run = |unit: usize| {
         let (rows, panels) = plan.unit(unit, m, w.panels);
+        #[cfg(target_arch = "x86_64")]
+        if let Some((d, pairs)) = amx_panels {
+            // SAFETY: `Tiles` is available (asserted above); K-steps are whole tiles; units
+            // cover disjoint rectangles of `y`, which outlives the parallel loop.
+            unsafe {
+                amx::rows_bf16(
+                    pairs.as_ptr(),
+                    w.steps,
+                    rows,
+                    panels,
+                    d,
+                    &w.bias,
+                    epilogue,
+                    out.0,
+                    w.n,
+                )
+            };
+            return;
+        }
         // Rows split evenly over the fewest tiles (16 rows: 8 + 8, not 12 + 4), so that no
         // tile is left with too few rows to hide the weight loads.
         let tiles = (rows.end - rows.start).div_ceil(TILE_ROWS);

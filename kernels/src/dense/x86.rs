@@ -264,8 +264,39 @@ unsafe fn store<const R: usize>(
     ldy: usize,
     cols: usize,
 ) {
-    let b0 = _mm512_loadu_ps(bias.as_ptr());
-    let b1 = _mm512_loadu_ps(bias.as_ptr().add(16));
+    for (r, acc) in acc.iter().enumerate() {
+        store_lanes(acc[0], acc[1], bias, epilogue, y.add(r * ldy), cols);
+    }
+}
+
+/// One row of a panel's sums (32 values in memory) through [`store`]'s steps: the AMX tiles'
+/// store.
+///
+/// # Safety
+/// AVX-512F; `y` writable for `cols` values; `bias` has 32.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn store_row(
+    sums: &[f32; PANEL],
+    bias: &[f32],
+    epilogue: Epilogue,
+    y: *mut f32,
+    cols: usize,
+) {
+    let s0 = _mm512_loadu_ps(sums.as_ptr());
+    let s1 = _mm512_loadu_ps(sums.as_ptr().add(16));
+    store_lanes(s0, s1, bias, epilogue, y, cols);
+}
+
+/// `epilogue(v + bias)` of one row's 32 channels into `y`, masked to `cols`.
+#[inline(always)]
+unsafe fn store_lanes(
+    v0: __m512,
+    v1: __m512,
+    bias: &[f32],
+    epilogue: Epilogue,
+    y: *mut f32,
+    cols: usize,
+) {
     let mask = |c: usize| -> __mmask16 {
         if c >= 16 {
             0xffff
@@ -274,18 +305,15 @@ unsafe fn store<const R: usize>(
         }
     };
     let (m0, m1) = (mask(cols), mask(cols.saturating_sub(16)));
-    for (r, acc) in acc.iter().enumerate() {
-        let mut v0 = _mm512_add_ps(acc[0], b0);
-        let mut v1 = _mm512_add_ps(acc[1], b1);
-        if epilogue == Epilogue::GeluErf {
-            v0 = gelu(v0);
-            v1 = gelu(v1);
-        }
-        let row = y.add(r * ldy);
-        _mm512_mask_storeu_ps(row, m0, v0);
-        if m1 != 0 {
-            _mm512_mask_storeu_ps(row.add(16), m1, v1);
-        }
+    let mut v0 = _mm512_add_ps(v0, _mm512_loadu_ps(bias.as_ptr()));
+    let mut v1 = _mm512_add_ps(v1, _mm512_loadu_ps(bias.as_ptr().add(16)));
+    if epilogue == Epilogue::GeluErf {
+        v0 = gelu(v0);
+        v1 = gelu(v1);
+    }
+    _mm512_mask_storeu_ps(y, m0, v0);
+    if m1 != 0 {
+        _mm512_mask_storeu_ps(y.add(16), m1, v1);
     }
 }
 

@@ -7,11 +7,17 @@
 //! Every path computes the exact i32 dot products, and one shared epilogue turns them into f32, so
 //! every path gives bit-identical results to the scalar path (tested).
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod layout;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use layout::{BLOCK_N, TILE_M};
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::thread::LocalKey;
 
 use crate::cpu;
 use crate::reference::{quantize_rows, quantize_rows_into};
@@ -21,6 +27,9 @@ use crate::reference::{quantize_rows, quantize_rows_into};
 /// benchmarks may also pick one ([`Isa::available`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
+    /// AMX tiles (`tdpbssd`, 16 rows × 16 channels × 64 k-values per instruction) where K is a
+    /// multiple of 64; other shapes run the VNNI code.
+    Amx,
     /// AVX-512 VNNI (`vpdpbusd`, u8 × s8 with the +128 offset trick).
     Avx512Vnni,
     /// AVX2 (`vpmaddubsw` on |a| × sign(a)·w, then `vpmaddwd`): no saturation since |q| ≤ 127.
@@ -33,7 +42,9 @@ impl Isa {
     /// The best instruction set this CPU supports (from [`cpu::features`]).
     pub fn detect() -> Isa {
         let f = cpu::features();
-        if f.avx512_vnni() {
+        if f.amx_int8 {
+            Isa::Amx
+        } else if f.avx512_vnni() {
             Isa::Avx512Vnni
         } else if f.avx2 {
             Isa::Avx2
@@ -48,13 +59,16 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             Isa::Avx2 => cfg!(target_arch = "x86_64") && Isa::detect() != Isa::Scalar,
-            Isa::Avx512Vnni => Isa::detect() == Isa::Avx512Vnni,
+            Isa::Avx512Vnni => cpu::features().avx512_vnni(),
+            // The tile kernel falls back to VNNI for K not a multiple of 64.
+            Isa::Amx => cpu::features().amx_int8 && cpu::features().avx512_vnni(),
         }
     }
 
     /// A short name for logs and reports.
     pub fn name(self) -> &'static str {
         match self {
+            Isa::Amx => "amx-int8",
             Isa::Avx512Vnni => "avx512-vnni",
             Isa::Avx2 => "avx2",
             Isa::Scalar => "scalar",
@@ -119,29 +133,25 @@ impl PackedWeights {
     }
 }
 
-/// Activations quantized per row, K padded to the packed groups, rows padded to [`TILE_M`].
-struct QuantizedActivations {
-    rows: usize,
-    kp: usize,
-    values: Vec<i8>,
-    scales: Vec<f32>,
-}
-
+/// Quantizes the `m` rows of `x` into `values` (rows `kp` bytes apart, `values.len() / kp` rows,
+/// a multiple of [`TILE_M`]), zeroing the padding (bytes past `k`, rows past `m`) so that a
+/// reused buffer holds no stale bytes. Returns one scale per padded row.
 fn quantize_activations(
     x: &[f32],
     m: usize,
     k: usize,
     kp: usize,
     isa: Isa,
-) -> QuantizedActivations {
-    let rows = m.div_ceil(TILE_M) * TILE_M;
-    let mut values = vec![0i8; rows * kp];
+    values: &mut [i8],
+) -> Vec<f32> {
+    let rows = values.len() / kp;
     let mut scales = vec![0f32; rows];
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512Vnni => {
+        Isa::Avx512Vnni | Isa::Amx => {
             for r in 0..m {
-                // SAFETY: VNNI availability (asserted by `linear_i8`) implies AVX-512F/BW.
+                // SAFETY: VNNI availability (asserted by `linear_i8`, and part of `Amx`'s)
+                // implies AVX-512F/BW.
                 scales[r] = unsafe {
                     x86::quantize_row_avx512(
                         &x[r * k..(r + 1) * k],
@@ -150,14 +160,15 @@ fn quantize_activations(
                 };
             }
         }
-        _ => quantize_rows_into(x, m, k, &mut values, kp, &mut scales),
+        _ => quantize_rows_into(x, m, k, values, kp, &mut scales),
     }
-    QuantizedActivations {
-        rows,
-        kp,
-        values,
-        scales,
+    if kp > k {
+        for row in values[..m * kp].chunks_exact_mut(kp) {
+            row[k..].fill(0);
+        }
     }
+    values[m * kp..].fill(0);
+    scales
 }
 
 /// `y (M × N) = x (M × K) · Wᵀ + bias` with int8 arithmetic on `isa` (which must be available).
@@ -177,10 +188,12 @@ pub fn linear_i8(
     if let Some(b) = bias {
         assert_eq!(b.len(), w.n, "bias must have N values");
     }
-    let mut y = vec![0f32; m * w.n];
     if m == 0 || w.n == 0 {
-        return y;
+        return vec![0f32; m * w.n];
     }
+    // Every output is written below, so the vector is not zeroed first (a memset of the whole
+    // output cost as much as a tenth of the call).
+    let mut y = Vec::<f32>::with_capacity(m * w.n);
     let tiles = m.div_ceil(TILE_M);
     // Up to four parts per thread, so that a thread that finishes early (or a core another
     // process takes for a while) leaves its remaining parts to the others instead of stalling
@@ -192,51 +205,84 @@ pub fn linear_i8(
         .max(threads)
         .clamp(1, tiles);
     let rows_per_part = tiles.div_ceil(parts) * TILE_M;
-    let run = |part: usize, ychunk: &mut [f32]| {
+    let run = |part: usize, ychunk: &mut [MaybeUninit<f32>]| {
         let r0 = part * rows_per_part;
         let rows = ychunk.len() / w.n;
-        let a = quantize_activations(&x[r0 * w.k..(r0 + rows) * w.k], rows, w.k, w.k4 * 4, isa);
-        let np = w.blocks * BLOCK_N;
-        with_accumulators(a.rows * np, |acc| {
-            dot_rows(&a, acc, w, isa);
-            epilogue(acc, np, &a.scales[..rows], w, bias, ychunk);
+        let kp = w.k4 * 4;
+        let padded = rows.div_ceil(TILE_M) * TILE_M;
+        with_reused(&ACTIVATIONS, padded * kp, |values| {
+            let xpart = &x[r0 * w.k..(r0 + rows) * w.k];
+            let scales = quantize_activations(xpart, rows, w.k, kp, isa, values);
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Amx && w.k4.is_multiple_of(amx::TILE_GROUPS) {
+                let rescale = x86::Rescale {
+                    a_scales: &scales[..rows],
+                    w_scales: &w.scales[..w.n],
+                    bias,
+                    n: w.n,
+                };
+                // SAFETY: `linear_i8` asserted that AMX is usable (which includes AVX-512F);
+                // K is whole tiles; `values` holds `padded × kp` bytes, `ychunk` the real rows.
+                unsafe {
+                    amx::linear_rows_amx(
+                        values, padded, kp, w.k4, w.blocks, &w.data, &rescale, ychunk,
+                    )
+                };
+                return;
+            }
+            let np = w.blocks * BLOCK_N;
+            with_reused(&ACCUMULATORS, padded * np, |acc| {
+                dot_rows(values, padded, kp, acc, w, isa);
+                epilogue(acc, np, &scales[..rows], w, bias, isa, ychunk);
+            });
         });
     };
+    let out = &mut y.spare_capacity_mut()[..m * w.n];
     if parts == 1 {
-        run(0, &mut y);
+        run(0, out);
     } else {
         use rayon::prelude::*;
-        y.par_chunks_mut(rows_per_part * w.n)
+        out.par_chunks_mut(rows_per_part * w.n)
             .enumerate()
             .for_each(|(part, chunk)| run(part, chunk));
     }
+    // SAFETY: every part wrote each of its rows' `n` outputs (all paths store every column of
+    // every real row), and the parts cover all `m` rows.
+    unsafe { y.set_len(m * w.n) };
     y
 }
 
-/// Accumulator buffers up to this many values stay with their thread for the next call (16 MiB).
-const KEEP_ACCUMULATORS: usize = 4 << 20;
+/// Reused buffers up to this many bytes stay with their thread for the next call (16 MiB).
+const KEEP_BYTES: usize = 16 << 20;
 
 thread_local! {
     /// This thread's i32 accumulators, reused across calls: every kernel stores (never adds to)
     /// each accumulator the epilogue reads, so the buffer needs no clearing, and a fresh one
     /// per call cost a zero-fill and page faults (several percent of an encoder's time).
-    static ACCUMULATORS: std::cell::RefCell<Vec<i32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static ACCUMULATORS: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    /// This thread's quantized activations, reused likewise ([`quantize_activations`] writes
+    /// every byte the kernels read).
+    static ACTIVATIONS: RefCell<Vec<i8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on `len` i32 accumulators of unspecified contents: this thread's reused buffer, or
-/// a fresh one when it is in use or `len` is too large to keep.
-fn with_accumulators<T>(len: usize, f: impl FnOnce(&mut [i32]) -> T) -> T {
-    if len <= KEEP_ACCUMULATORS {
-        let kept = ACCUMULATORS.with(|cell| {
+/// Runs `f` on `len` values of unspecified contents: this thread's buffer in `key`, or a fresh
+/// one when it is in use or `len` is too large to keep.
+fn with_reused<T: Copy + Default, R>(
+    key: &'static LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    if len * std::mem::size_of::<T>() <= KEEP_BYTES {
+        let kept = key.with(|cell| {
             let mut buf = cell.try_borrow_mut().ok()?;
             if buf.len() < len {
-                buf.resize(len, 0);
+                buf.resize(len, T::default());
             }
             Some(std::mem::take(&mut *buf))
         });
         if let Some(mut buf) = kept {
             let out = f(&mut buf[..len]);
-            ACCUMULATORS.with(|cell| {
+            key.with(|cell| {
                 if let Ok(mut slot) = cell.try_borrow_mut() {
                     *slot = buf;
                 }
@@ -244,32 +290,58 @@ fn with_accumulators<T>(len: usize, f: impl FnOnce(&mut [i32]) -> T) -> T {
             return out;
         }
     }
-    f(&mut vec![0i32; len])
+    f(&mut vec![T::default(); len])
 }
 
-/// The one float step every path shares: `acc × scale_a × scale_w + bias`, row by row.
+/// The one float step every path shares: `acc × scale_a × scale_w + bias`, row by row (with
+/// AVX-512 where `isa` implies it, same bits).
 fn epilogue(
     acc: &[i32],
     np: usize,
     a_scales: &[f32],
     w: &PackedWeights,
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    isa: Isa,
+    y: &mut [MaybeUninit<f32>],
 ) {
     let n = w.n;
     let w_scales = &w.scales[..n];
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx512Vnni | Isa::Amx) {
+        let rescale = x86::Rescale {
+            a_scales,
+            w_scales,
+            bias,
+            n,
+        };
+        for r in 0..a_scales.len() {
+            // SAFETY: both ISAs imply AVX-512F (checked by `linear_i8`); the row's sums and
+            // outputs both have `n` values.
+            unsafe {
+                x86::rescale_row(
+                    &acc[r * np..r * np + n],
+                    &rescale,
+                    r,
+                    0,
+                    &mut y[r * n..(r + 1) * n],
+                )
+            };
+        }
+        return;
+    }
+    let _ = isa;
     for (r, &sa) in a_scales.iter().enumerate() {
         let accr = &acc[r * np..r * np + n];
         let yr = &mut y[r * n..(r + 1) * n];
         match bias {
             Some(b) => {
                 for (((out, &a), &sw), &bb) in yr.iter_mut().zip(accr).zip(w_scales).zip(b) {
-                    *out = a as f32 * sa * sw + bb;
+                    out.write(a as f32 * sa * sw + bb);
                 }
             }
             None => {
                 for ((out, &a), &sw) in yr.iter_mut().zip(accr).zip(w_scales) {
-                    *out = a as f32 * sa * sw + 0.0;
+                    out.write(a as f32 * sa * sw + 0.0);
                 }
             }
         }
@@ -277,30 +349,18 @@ fn epilogue(
 }
 
 /// Exact `Σ_k q_a[r][k] · q_w[c][k]` for every (padded) row of `a`.
-fn dot_rows(a: &QuantizedActivations, out: &mut [i32], w: &PackedWeights, isa: Isa) {
-    let rows = a.rows;
-    let values = &a.values[..];
+fn dot_rows(values: &[i8], rows: usize, kp: usize, out: &mut [i32], w: &PackedWeights, isa: Isa) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `linear_i8` asserted that the CPU supports the ISA.
-        Isa::Avx512Vnni => unsafe {
-            x86::dot_rows_vnni(
-                values,
-                rows,
-                a.kp,
-                w.k4,
-                w.blocks,
-                &w.data,
-                &w.col_sums,
-                out,
-            )
+        // SAFETY: `linear_i8` asserted that the CPU supports the ISA (`Amx`, whose tile kernel
+        // runs before this for K of whole tiles, implies VNNI).
+        Isa::Avx512Vnni | Isa::Amx => unsafe {
+            x86::dot_rows_vnni(values, rows, kp, w.k4, w.blocks, &w.data, &w.col_sums, out)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx2 => unsafe {
-            x86::dot_rows_avx2(values, rows, a.kp, w.k4, w.blocks, &w.data, out)
-        },
-        _ => dot_rows_scalar(values, rows, a.kp, w, out),
+        Isa::Avx2 => unsafe { x86::dot_rows_avx2(values, rows, kp, w.k4, w.blocks, &w.data, out) },
+        _ => dot_rows_scalar(values, rows, kp, w, out),
     }
 }
 
@@ -354,12 +414,18 @@ mod tests {
             (9, 384, 40, 2),
             (17, 1536, 33, 3),
             (64, 384, 1536, 2),
+            // AMX: one and two activation tiles, partial ones, a lone last block, K of 1536.
+            (4, 64, 16, 1),
+            (16, 128, 48, 1),
+            (20, 384, 40, 1),
+            (36, 1536, 64, 2),
+            (100, 384, 384, 2),
         ] {
             let x = data(m * k, (m * 7 + k) as u32);
             let w = data(n * k, (n * 3 + k) as u32);
             let packed = PackedWeights::quantize(&w, n, k);
             let want = linear_i8(&x, m, &packed, None, Isa::Scalar, 1);
-            for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+            for isa in [Isa::Avx2, Isa::Avx512Vnni, Isa::Amx] {
                 if isa.available() {
                     assert_eq!(
                         linear_i8(&x, m, &packed, None, isa, threads),
@@ -421,9 +487,11 @@ mod tests {
         use proptest::prelude::*;
 
         /// (m, k, n, threads): m and n cross the 4-row tile and 16-channel block edges, k crosses
-        /// the 4-byte groups and the 64-byte AVX-512 vectors.
+        /// the 4-byte groups and the 64-byte AVX-512 vectors; K is often a multiple of 64 (the
+        /// tile kernel's shapes) and m up to 40 (crossing its 16- and 32-row groups).
         fn shape() -> impl Strategy<Value = (usize, usize, usize, usize)> {
-            (1usize..=19, 1usize..=300, 1usize..=70, 1usize..=4)
+            let k = prop_oneof![1usize..=300, (1usize..=5).prop_map(|t| 64 * t)];
+            (1usize..=40, k, 1usize..=70, 1usize..=4)
         }
 
         proptest! {
@@ -442,7 +510,7 @@ mod tests {
                     Some(&bias),
                 );
                 prop_assert_eq!(&linear_i8(&x, m, &packed, Some(&bias), Isa::Scalar, 1), &want);
-                for isa in [Isa::Avx2, Isa::Avx512Vnni] {
+                for isa in [Isa::Avx2, Isa::Avx512Vnni, Isa::Amx] {
                     if isa.available() {
                         let got = linear_i8(&x, m, &packed, Some(&bias), isa, threads);
                         prop_assert_eq!(&got, &want, "{:?} {}x{}x{} threads {}", isa, m, k, n, threads);

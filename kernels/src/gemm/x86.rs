@@ -2,6 +2,7 @@
 //! against packed weight blocks; see the layout in `gemm/mod.rs`.
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use super::layout::{BLOCK_N, TILE_M};
 
@@ -210,4 +211,59 @@ pub unsafe fn quantize_row_avx512(row: &[f32], out: &mut [i8]) -> f32 {
         out[i] = crate::reference::round_to_i8((row[i] * inv).clamp(-127.0, 127.0));
     }
     scale
+}
+
+/// What turns a row's exact sums into outputs: `sum × a_scales[row] × w_scales[col] + bias[col]`
+/// (or `+ 0.0`), the order and roundings of the scalar epilogue in `gemm/mod.rs`.
+pub struct Rescale<'a> {
+    /// One scale per activation row of the call.
+    pub a_scales: &'a [f32],
+    /// One scale per output channel.
+    pub w_scales: &'a [f32],
+    /// One bias per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// Output channels.
+    pub n: usize,
+}
+
+/// Rescales `sums` (channels `c0..c0 + sums.len()` of row `row`) into `out`, bit for bit as the
+/// scalar epilogue does (`vcvtdq2ps` rounds to nearest even like `as f32`; two multiplies and
+/// an add, no fused multiply-add).
+///
+/// # Safety
+/// The CPU must support AVX-512F; `out` must have `sums.len()` values and the channels must
+/// exist.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn rescale_row(
+    sums: &[i32],
+    rescale: &Rescale,
+    row: usize,
+    c0: usize,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let len = sums.len();
+    debug_assert!(out.len() == len && c0 + len <= rescale.n);
+    let sa = _mm512_set1_ps(rescale.a_scales[row]);
+    let sw = rescale.w_scales.as_ptr().add(c0);
+    let bias = rescale.bias.map(|b| b.as_ptr().add(c0));
+    let mut i = 0;
+    while i < len {
+        let mask: __mmask16 = if len - i >= 16 {
+            0xffff
+        } else {
+            (1u16 << (len - i)) - 1
+        };
+        let s = _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, sums.as_ptr().add(i)));
+        let v = _mm512_mul_ps(_mm512_mul_ps(s, sa), _mm512_maskz_loadu_ps(mask, sw.add(i)));
+        let b = match bias {
+            Some(b) => _mm512_maskz_loadu_ps(mask, b.add(i)),
+            None => _mm512_setzero_ps(),
+        };
+        _mm512_mask_storeu_ps(
+            out.as_mut_ptr().add(i) as *mut f32,
+            mask,
+            _mm512_add_ps(v, b),
+        );
+        i += 16;
+    }
 }

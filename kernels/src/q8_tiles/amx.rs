@@ -17,6 +17,7 @@
 
 use super::output::SharedOut;
 use super::pack::{Q8Blocks, Q8Tiles, BLOCK, TILE_BLOCK, TILE_N};
+use crate::amx_tiles::{release, TileConfig};
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -181,50 +182,4 @@ unsafe fn epilogue_rows<const R: usize>(
     for (r, acc) in acc.into_iter().enumerate() {
         _mm512_mask_storeu_ps(out.ptr((r0 + r) * w.n + t * TILE_N), mask, acc);
     }
-}
-
-/// A tile configuration (palette 1): rows and bytes per row of each of the 8 tile registers.
-#[repr(C, align(64))]
-struct TileConfig {
-    palette: u8,
-    start_row: u8,
-    reserved: [u8; 14],
-    colsb: [u16; 16],
-    rows: [u8; 16],
-}
-
-impl TileConfig {
-    /// Palette 1 with `shapes[i] = (rows, bytes per row)` for tile register `i` (unused ones
-    /// stay empty).
-    fn new(shapes: &[(u8, u16)]) -> Self {
-        let mut cfg = Self {
-            palette: 1,
-            start_row: 0,
-            reserved: [0; 14],
-            colsb: [0; 16],
-            rows: [0; 16],
-        };
-        for (i, &(rows, colsb)) in shapes.iter().enumerate().take(8) {
-            cfg.rows[i] = rows;
-            cfg.colsb[i] = colsb;
-        }
-        cfg
-    }
-
-    /// Loads this configuration into the calling thread's tile registers (zeroing them).
-    ///
-    /// # Safety
-    /// AMX must be usable ([`crate::cpu::CpuFeatures::amx_int8`]).
-    unsafe fn load(&self) {
-        asm!("ldtilecfg [{}]", in(reg) self, options(nostack, readonly));
-    }
-}
-
-/// Returns the calling thread's tiles to their initial state, so that the OS need not save them
-/// on a context switch.
-///
-/// # Safety
-/// AMX must be usable ([`crate::cpu::CpuFeatures::amx_int8`]).
-unsafe fn release() {
-    asm!("tilerelease", options(nostack, nomem));
 }

@@ -106,7 +106,7 @@ impl Linear {
             if bf16 {
                 LOGGED_BF16.call_once(|| {
                     tracing::info!(
-                        "bf16 math: {} (measured on this CPU; {}=dot|widen overrides)",
+                        "bf16 math: {} (AMX-BF16 where usable, else measured on this CPU; {}=amx|dot|widen overrides)",
                         Bf16Math::detect().name(),
                         wattserve_kernels::dense::BF16_MATH_ENV
                     )
@@ -238,8 +238,8 @@ pub fn packed_kernel(precision: Precision, device: &Device) -> Option<(DensePath
     }
     let (path, bf16) = match precision {
         Precision::F32 => (DensePath::detect_f32(), false),
-        // Both bf16 maths need AVX-512F; the dot product also BF16, which `Bf16Math::detect`
-        // checks before choosing it.
+        // Every bf16 math needs AVX-512F; the dot product also BF16 and the tiles AMX-BF16,
+        // which `Bf16Math::detect` checks before choosing them.
         Precision::Bf16 => (DensePath::detect_f32(), true),
         _ => return None,
     };
