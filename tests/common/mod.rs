@@ -69,7 +69,17 @@ struct RefFile {
 
 /// The minilm reference fixture.
 pub fn minilm_reference() -> Vec<RefItem> {
-    let path = fixtures_dir().join("minilm_reference.json");
+    reference_file("minilm_reference.json")
+}
+
+/// One- to three-word inputs with their fp32 embeddings (tests/fixtures/README.md): the inputs
+/// int8 finds hardest.
+pub fn minilm_short_reference() -> Vec<RefItem> {
+    reference_file("minilm_short_reference.json")
+}
+
+fn reference_file(name: &str) -> Vec<RefItem> {
+    let path = fixtures_dir().join(name);
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str::<RefFile>(&text).unwrap().items
