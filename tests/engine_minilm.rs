@@ -154,8 +154,8 @@ fn packed_and_padded_layouts_agree() {
 
 /// One- to three-word inputs (3-7 tokens with [CLS]/[SEP]): mean pooling over so few tokens
 /// averages little quantization error away, so they are where int8 is worst. f32 must match the
-/// fp32 reference; int8 must not fall below what it measures today (mean 0.9840, min 0.9686 on
-/// "Thanks!"), a guard against regressions short of the 0.97 minimum it should reach.
+/// fp32 reference; int8 (with its outlier split, measured mean 0.9950 and min 0.9901; without
+/// it, 0.9840 and 0.9686 on "Thanks!") must stay within 0.015 of it on every one of them.
 #[test]
 fn short_inputs_stay_close_to_the_reference() {
     let Some(f32_model) = load() else { return };
@@ -164,7 +164,7 @@ fn short_inputs_stay_close_to_the_reference() {
     let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
     for (name, model, min_goal, mean_goal) in [
         ("f32", &f32_model, 0.99999, 0.99999),
-        ("int8", &int8, 0.965, 0.982),
+        ("int8", &int8, 0.985, 0.993),
     ] {
         let got = model.embed(&texts).unwrap();
         let mut worst = (1.0f64, "");
@@ -208,8 +208,10 @@ fn int8_stays_close_to_f32() {
     let mean = cosines.iter().sum::<f64>() / cosines.len() as f64;
     let min = cosines.iter().copied().fold(1.0, f64::min);
     eprintln!("minilm int8 vs f32: mean cosine {mean:.6}, min {min:.6}");
-    assert!(mean >= 0.995, "int8 mean cosine {mean}");
-    assert!(min >= 0.98, "int8 min cosine {min}");
+    // Measured 0.99857 / 0.99217 (0.99624 / 0.98572 before activations far above their row's
+    // rms were split off into f32 in the layers that read LayerNorm outputs).
+    assert!(mean >= 0.998, "int8 mean cosine {mean}");
+    assert!(min >= 0.99, "int8 min cosine {min}");
     // Batched and one by one agree (per-row activation scales make rows independent).
     for (i, t) in texts.iter().enumerate() {
         let single = &int8.embed(&[t]).unwrap()[0];

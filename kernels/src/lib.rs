@@ -29,7 +29,7 @@ pub mod amx {
 }
 
 pub use dense::{linear_dense, linear_dense_into, Bf16Math, DensePath, Epilogue, PackedDense};
-pub use gemm::{linear_i8, Isa, PackedWeights};
+pub use gemm::{linear_i8, Isa, PackedWeights, OUTLIER_RATIO};
 pub use reference::{gemm_i8_reference, quantize_rows, QuantizedRows};
 
 /// Threads a GEMM should be split into by default: the size of rayon's global pool, which

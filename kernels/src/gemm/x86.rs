@@ -267,3 +267,48 @@ pub unsafe fn rescale_row(
         i += 16;
     }
 }
+
+/// `y[c] = fma(x, q[c][ch] × scales[c], y[c])` for every output channel `c` (`scales.len()` of
+/// them): one outlier activation `x` of input channel `ch` times the dequantized packed weights,
+/// bit for bit as the scalar code in `gemm/mod.rs` (the same product, then a fused add).
+///
+/// # Safety
+/// AVX-512F and BW; `weights` packed with `k4` groups and enough blocks for `scales.len()`
+/// channels; `y` writable for `scales.len()` values.
+#[target_feature(enable = "avx512f,avx512bw")]
+pub unsafe fn add_outlier(
+    x: f32,
+    weights: &[i8],
+    k4: usize,
+    ch: usize,
+    scales: &[f32],
+    y: *mut f32,
+) {
+    let n = scales.len();
+    let (kg, j) = (ch / 4, ch % 4);
+    let vx = _mm512_set1_ps(x);
+    let mut c = 0;
+    while c < n {
+        let nb = c / BLOCK_N;
+        let mask: __mmask16 = if n - c >= 16 {
+            0xffff
+        } else {
+            (1u16 << (n - c)) - 1
+        };
+        // 16 channels × 4 k-values; byte `j` of each lane, sign-extended.
+        let group = _mm512_loadu_si512(weights.as_ptr().add((nb * k4 + kg) * 64) as *const _);
+        let q = match j {
+            0 => _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(group)),
+            1 => _mm512_srai_epi32::<24>(_mm512_slli_epi32::<16>(group)),
+            2 => _mm512_srai_epi32::<24>(_mm512_slli_epi32::<8>(group)),
+            _ => _mm512_srai_epi32::<24>(group),
+        };
+        let w = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(q),
+            _mm512_maskz_loadu_ps(mask, scales.as_ptr().add(c)),
+        );
+        let acc = _mm512_maskz_loadu_ps(mask, y.add(c));
+        _mm512_mask_storeu_ps(y.add(c), mask, _mm512_fmadd_ps(vx, w, acc));
+        c += 16;
+    }
+}

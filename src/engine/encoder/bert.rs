@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
 use serde::Deserialize;
 
-use super::linear::{activation_dtype, candle_ops_forced, Linear};
+use super::linear::{activation_dtype, candle_ops_forced, Input, Linear};
 use crate::engine::elementwise::{add, with_f32_slice, On};
 use crate::engine::{EngineError, Precision};
 use wattserve_kernels::attention::attend_packed;
@@ -108,9 +108,10 @@ impl SelfAttention {
                 h,
                 &[(h, sa.pp("query")), (h, sa.pp("key")), (h, sa.pp("value"))],
                 precision,
+                Input::Normalized,
             )?,
             attention_kernel: !candle_ops_forced(),
-            output: Linear::load(h, h, precision, out.pp("dense"))?,
+            output: Linear::load(h, h, precision, Input::Other, out.pp("dense"))?,
             output_norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, out.pp("LayerNorm"))?,
             heads: cfg.num_attention_heads,
             head_dim: h / cfg.num_attention_heads,
@@ -269,8 +270,14 @@ impl FeedForward {
     fn load(cfg: &BertConfig, precision: Precision, vb: VarBuilder) -> Result<Self, EngineError> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            up: Linear::load(h, i, precision, vb.pp("intermediate").pp("dense"))?,
-            down: Linear::load(i, h, precision, vb.pp("output").pp("dense"))?,
+            up: Linear::load(
+                h,
+                i,
+                precision,
+                Input::Normalized,
+                vb.pp("intermediate").pp("dense"),
+            )?,
+            down: Linear::load(i, h, precision, Input::Other, vb.pp("output").pp("dense"))?,
             norm: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("output").pp("LayerNorm"))?,
             act: Activation::parse(&cfg.hidden_act)?,
         })
