@@ -118,18 +118,19 @@ fn split_outliers(r: usize, row: &mut [f32], ratio: f32, out: &mut Vec<Outlier>)
         return;
     }
     // Sixteen independent partial sums (a fixed order the compiler vectorizes; a plain
-    // sequential sum is one long dependency chain), and the largest magnitude in the same pass.
+    // sequential sum is one long dependency chain; `mul_add` would call libm's `fmaf` here,
+    // the crate being built without FMA), and the largest magnitude in the same pass.
     let mut squares = [0f32; 16];
     let mut largest = [0f32; 16];
     let mut chunks = row.chunks_exact(16);
     for chunk in &mut chunks {
         for i in 0..16 {
-            squares[i] = chunk[i].mul_add(chunk[i], squares[i]);
+            squares[i] += chunk[i] * chunk[i];
             largest[i] = largest[i].max(chunk[i].abs());
         }
     }
     for (i, &v) in chunks.remainder().iter().enumerate() {
-        squares[i] = v.mul_add(v, squares[i]);
+        squares[i] += v * v;
         largest[i] = largest[i].max(v.abs());
     }
     let mean_square = squares.iter().sum::<f32>() / row.len() as f32;
@@ -138,11 +139,17 @@ fn split_outliers(r: usize, row: &mut [f32], ratio: f32, out: &mut Vec<Outlier>)
         return;
     }
     let mut taken = 0;
-    for (ch, v) in row.iter_mut().enumerate() {
-        if taken < MAX_OUTLIERS_PER_ROW && v.abs() > limit {
-            out.push((r, ch, *v));
-            *v = 0.0;
-            taken += 1;
+    // Blocks of 16 tested at once (branch-free, vectorized); only a block with a hit is walked.
+    for (b, block) in row.chunks_mut(16).enumerate() {
+        if !block.iter().fold(false, |hit, v| hit | (v.abs() > limit)) {
+            continue;
+        }
+        for (i, v) in block.iter_mut().enumerate() {
+            if taken < MAX_OUTLIERS_PER_ROW && v.abs() > limit {
+                out.push((r, b * 16 + i, *v));
+                *v = 0.0;
+                taken += 1;
+            }
         }
     }
 }
