@@ -32,8 +32,9 @@ pub enum Linear {
         /// The kernel's instruction set.
         isa: Isa,
     },
-    /// f32 or bf16 weights packed once at load for our AVX-512 GEMM (bf16: `vdpbf16ps` with
-    /// f32 accumulation); f32 activations in and out, bias (and GELU, when asked) fused.
+    /// f32 or bf16 weights packed once at load for our AVX-512 GEMM (bf16: AMX tiles,
+    /// `vdpbf16ps` or widened, f32 accumulation); f32 activations in and out, bias (and GELU,
+    /// when asked) fused.
     Packed {
         /// Packed weights and bias.
         weights: Arc<PackedDense>,
