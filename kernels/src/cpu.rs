@@ -161,23 +161,24 @@ pub fn describe() -> &'static str {
 /// CPUID.(EAX=7, ECX=0):EDX bit 24 (AMX-TILE) and bit 25 (AMX-INT8), where leaf 7 exists.
 #[cfg(target_arch = "x86_64")]
 fn amx_in_cpuid() -> bool {
-    use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
-    if __get_cpuid_max(0).0 < 7 {
-        return false;
-    }
-    let edx = __cpuid_count(7, 0).edx;
-    edx & (1 << 24) != 0 && edx & (1 << 25) != 0
+    amx_tile_with(25)
 }
 
 /// CPUID.(EAX=7, ECX=0):EDX bit 24 (AMX-TILE) and bit 22 (AMX-BF16), where leaf 7 exists.
 #[cfg(target_arch = "x86_64")]
 fn amx_bf16_in_cpuid() -> bool {
+    amx_tile_with(22)
+}
+
+/// AMX-TILE and the AMX feature at CPUID.(EAX=7, ECX=0):EDX bit `bit`, where leaf 7 exists.
+#[cfg(target_arch = "x86_64")]
+fn amx_tile_with(bit: u32) -> bool {
     use std::arch::x86_64::{__cpuid_count, __get_cpuid_max};
     if __get_cpuid_max(0).0 < 7 {
         return false;
     }
     let edx = __cpuid_count(7, 0).edx;
-    edx & (1 << 24) != 0 && edx & (1 << 22) != 0
+    edx & (1 << 24) != 0 && edx & (1 << bit) != 0
 }
 
 /// Asks Linux for the AMX tile-data permission for this process (all its threads).

@@ -14,10 +14,8 @@ use std::ops::Range;
 
 use super::x86::store_row;
 use super::{Epilogue, PANEL};
-use crate::amx_tiles::{release, TileConfig};
+use crate::amx_tiles::{configure_pairs, pair_row_groups, release, TILE_ROWS as AMX_ROWS};
 
-/// Rows of one AMX tile.
-const AMX_ROWS: usize = 16;
 /// K-steps (bf16 pairs) per tile: 32 k-values.
 pub(super) const TILE_STEPS: usize = 16;
 
@@ -49,18 +47,11 @@ pub(super) unsafe fn rows_bf16(
     debug_assert_eq!(steps % TILE_STEPS, 0);
     let mut sums = Sums([[0.0; PANEL]; 2 * AMX_ROWS]);
     let m = rows.end - rows.start;
-    let full = m - m % (2 * AMX_ROWS);
-    let rest = m - full;
-    // Groups of 32 rows (two activation tiles), then the rest; one tile configuration per shape.
-    let shapes = [
-        (0..full, AMX_ROWS, AMX_ROWS),
-        (full..m, rest.min(AMX_ROWS), rest.saturating_sub(AMX_ROWS)),
-    ];
-    for (group, h0, h1) in shapes {
+    for (group, h0, h1) in pair_row_groups(m) {
         if group.is_empty() {
             continue;
         }
-        configure(h0, h1);
+        configure_pairs(h0, h1);
         for r in group.step_by(2 * AMX_ROWS) {
             let row0 = rows.start + r;
             let real = (m - r).min(2 * AMX_ROWS);
@@ -86,15 +77,6 @@ pub(super) unsafe fn rows_bf16(
         }
     }
     release();
-}
-
-/// Tiles 0–1 (sums, channels 0–15 and 16–31) and 4 (activations): `h0` rows; 2–3 and 5: `h1`
-/// rows (empty when 0: an empty tile must have no bytes either); 6–7: the two weight tiles.
-unsafe fn configure(h0: usize, h1: usize) {
-    let a = (h0 as u8, 64);
-    let b = if h1 == 0 { (0, 0) } else { (h1 as u8, 64) };
-    let w = (TILE_STEPS as u8, 64);
-    TileConfig::new(&[a, a, b, b, a, b, w, w]).load();
 }
 
 /// One pass's operands: activations from `a` (rows `steps` pairs apart), the panel, and where

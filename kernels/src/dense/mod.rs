@@ -117,9 +117,9 @@ impl Bf16Math {
     pub fn detect() -> Bf16Math {
         static CHOICE: std::sync::OnceLock<Bf16Math> = std::sync::OnceLock::new();
         *CHOICE.get_or_init(|| match std::env::var(BF16_MATH_ENV).as_deref() {
-            Ok("amx") if Bf16Math::Tiles.available() => Bf16Math::Tiles,
             Ok("dot") if DensePath::detect_bf16() == DensePath::Avx512 => Bf16Math::DotProduct,
             Ok("widen") => Bf16Math::Widened,
+            // `amx`, or nothing named: the tiles wherever they are usable.
             _ if Bf16Math::Tiles.available() => Bf16Math::Tiles,
             _ => Self::measure(),
         })

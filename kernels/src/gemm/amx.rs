@@ -13,15 +13,13 @@
 //! four tiles for four `tdpbssd`, and a pair of weight blocks (K/2 bytes each) stays in cache
 //! across the row groups of a part.
 
-use crate::amx_tiles::{release, TileConfig};
+use crate::amx_tiles::{configure_pairs, pair_row_groups, release, TILE_ROWS as AMX_ROWS};
 use std::arch::asm;
 use std::mem::MaybeUninit;
 
 use super::layout::BLOCK_N;
 use super::x86::{rescale_row, Rescale};
 
-/// Rows of one AMX tile.
-const AMX_ROWS: usize = 16;
 /// k-groups (of 4 bytes) per tile: 64 k-values.
 pub(super) const TILE_GROUPS: usize = 16;
 
@@ -48,24 +46,11 @@ pub(super) unsafe fn linear_rows_amx(
     debug_assert!(values.len() >= rows * kp && y.len() == rescale.a_scales.len() * rescale.n);
     debug_assert!(blocks * BLOCK_N >= rescale.n);
     let mut sums = Sums([[0; 2 * BLOCK_N]; 2 * AMX_ROWS]);
-    let full = rows - rows % (2 * AMX_ROWS);
-    let rest = rows - full;
-    // Row groups of 32 (two activation tiles), then the rest: two tiles (16 + the remainder) or
-    // one. Each shape is one tile configuration (loading one zeroes the tiles, so it is done
-    // once per shape, not per group).
-    let shapes = [
-        (0..full, AMX_ROWS, AMX_ROWS),
-        (
-            full..rows,
-            rest.min(AMX_ROWS),
-            rest.saturating_sub(AMX_ROWS),
-        ),
-    ];
-    for (range, h0, h1) in shapes {
+    for (range, h0, h1) in pair_row_groups(rows) {
         if range.is_empty() {
             continue;
         }
-        configure(h0, h1);
+        configure_pairs(h0, h1);
         for r in range.step_by(2 * AMX_ROWS) {
             let pass = Pass {
                 a: values.as_ptr().add(r * kp),
@@ -101,16 +86,6 @@ pub(super) unsafe fn linear_rows_amx(
         }
     }
     release();
-}
-
-/// Tiles 0–1 (sums) and 4 (activations): `h0` rows; 2–3 and 5: `h1` rows (left empty when 0:
-/// a tile of no rows must have no bytes either, or the configuration faults); 6–7: weights, 16
-/// groups × 64 bytes.
-unsafe fn configure(h0: usize, h1: usize) {
-    let a = (h0 as u8, 64);
-    let b = if h1 == 0 { (0, 0) } else { (h1 as u8, 64) };
-    let w = (TILE_GROUPS as u8, 64);
-    TileConfig::new(&[a, a, b, b, a, b, w, w]).load();
 }
 
 /// One pass's exact sums: 32 rows × 32 channels, as `tilestored` writes them.

@@ -17,14 +17,12 @@
 
 use super::output::SharedOut;
 use super::pack::{Q8Blocks, Q8Tiles, BLOCK, TILE_BLOCK, TILE_N};
-use crate::amx_tiles::{release, TileConfig};
+use crate::amx_tiles::{release, TileConfig, TILE_ROWS as AMX_ROWS};
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
 
-/// Rows of one AMX tile.
-const AMX_ROWS: usize = 16;
 /// Column tiles multiplied per pass: one activation tile shared by four weight tiles.
 const GROUP: usize = 4;
 
